@@ -1,0 +1,57 @@
+"""The hub's app factory: routes, the error table, the body limit and the reply reader's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TypedDict
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from api import routes
+from api.errors import EXCEPTION_HANDLERS
+from api.hub import Hub
+from api.limits import BodyLimit
+from core.connections import blocking_client, request_client
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class State(TypedDict):
+    hub: Hub
+
+
+def create_app(settings: Settings, *, redis: Redis | None = None, blocking: Redis | None = None) -> Starlette:
+    """Tests may pass their own clients (fakeredis); otherwise they come from `settings`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        hub = Hub(settings, redis or request_client(settings), blocking or blocking_client(settings))
+        if not settings.cli_api_token:
+            log.warning("CLI_API_TOKEN is not set: only issued tokens (machine-hub token create) are accepted")
+        reader = asyncio.create_task(hub.inbox.run(), name="inbox-reader")
+        try:
+            yield {"hub": hub}
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await hub.redis.aclose()
+            await hub.blocking.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/api/machines", routes.list_machines, methods=["GET"]),
+            Route("/api/machines/{machine_id}/spawn", routes.spawn, methods=["POST"]),
+            Route("/api/machines/{machine_id}/paths/exists", routes.paths_exists, methods=["POST"]),
+        ],
+        middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )

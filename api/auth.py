@@ -1,0 +1,29 @@
+"""Who is calling: the bearer token of a request and the one namespace it grants."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from core.errors import InvalidToken, MissingToken
+from core.tokens import TokenStore, shared_secret_namespace
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    if not header.strip() or (scheme.lower() == "bearer" and not token.strip()):
+        raise MissingToken()
+    if scheme.lower() != "bearer":
+        raise InvalidToken()
+    return token.strip()
+
+
+async def namespace_of(request: Request, secret: str, tokens: TokenStore) -> str:
+    """401 before anything touches Redis when the header is missing or names the shared secret."""
+    token = bearer_token(request)
+    ns = shared_secret_namespace(token, secret)
+    if ns is None:
+        ns = await tokens.namespace_of(token)
+    if ns is None:
+        raise InvalidToken()
+    return ns

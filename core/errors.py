@@ -1,0 +1,86 @@
+"""The one exception hierarchy of machine-hub; the hub maps it to HTTP in one table.
+
+    MachineHubError
+    ├── SettingsError          bad configuration; stops a process at start
+    ├── RegistrationError      a machine id already belongs to another namespace
+    └── RequestError           raised while answering an HTTP request
+        ├── MissingToken       401
+        ├── InvalidToken       401
+        ├── HubNotConnected    503 (Redis unreachable)
+        ├── MachineNotFound    404
+        ├── AccessDenied       403
+        ├── InvalidBody        400
+        ├── InvalidHeader      400
+        ├── BodyTooLarge       413
+        ├── IdempotencyMismatch 422
+        └── PathCheckFailed    500
+
+Failures of a job itself (a spawn that could not start) are data on the wire, not exceptions.
+"""
+
+from __future__ import annotations
+
+
+class MachineHubError(Exception):
+    """Base of every error machine-hub raises on purpose."""
+
+
+class SettingsError(MachineHubError):
+    """The configuration cannot be used."""
+
+
+class RegistrationError(MachineHubError):
+    """This machine id is registered in another namespace."""
+
+
+class RequestError(MachineHubError):
+    """An HTTP request cannot be answered with success; `message` is the body's `error`."""
+
+    message = "Request failed"
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None) -> None:
+        super().__init__(detail or self.message)
+        self.detail = detail
+        self.code = code
+
+
+class MissingToken(RequestError):
+    message = "Missing authorization token"
+
+
+class InvalidToken(RequestError):
+    message = "Invalid token"
+
+
+class HubNotConnected(RequestError):
+    message = "Hub not connected"
+
+
+class MachineNotFound(RequestError):
+    message = "Machine not found"
+
+
+class AccessDenied(RequestError):
+    message = "Access denied"
+
+
+class InvalidBody(RequestError):
+    message = "Invalid body"
+
+
+class InvalidHeader(RequestError):
+    message = "Invalid header"
+
+
+class BodyTooLarge(RequestError):
+    message = "Request body too large"
+
+
+class IdempotencyMismatch(RequestError):
+    message = "Idempotency-Key was already used with a different body"
+
+
+class PathCheckFailed(RequestError):
+    """The machine is offline, did not answer in time, or the check failed."""
+
+    message = "Failed to check paths"

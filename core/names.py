@@ -1,0 +1,27 @@
+"""Rules for the names users choose: namespaces, machine ids and worktree names."""
+
+from __future__ import annotations
+
+import re
+
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MACHINE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+MAX_SLUG = 48
+
+
+def valid_namespace(name: str) -> bool:
+    return NAMESPACE_RE.fullmatch(name) is not None
+
+
+def valid_machine_id(machine_id: str) -> bool:
+    return MACHINE_ID_RE.fullmatch(machine_id) is not None
+
+
+def worktree_slug(name: str) -> str:
+    """Folder and branch name for a worktree: lowercase, runs of other characters become '-'.
+
+    As in HAPI. The result only holds [a-z0-9-] and never starts or ends with '-', so with a
+    valid prefix it is always a legal git branch name; an empty result means "unusable".
+    """
+    return _NOT_SLUG.sub("-", name.strip().lower())[:MAX_SLUG].strip("-")

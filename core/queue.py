@@ -1,0 +1,170 @@
+"""The per-machine job protocol: hub and agent both speak it only through this module.
+
+A job is a hash under its machine's keys; its id travels through the machine's mailbox list;
+replies travel through the asking hub's inbox list. See core.scripts for the state machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from core import scripts
+from core.keys import Keys
+from core.schemas import ClaimedJob, JobKind, JobState, Reply
+
+_reply_encoder = msgspec.json.Encoder()
+_reply_decoder = msgspec.json.Decoder(Reply)
+INBOX_TTL_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """Outcome of `enqueue`. Times are Redis-clock milliseconds."""
+
+    status: str  # queued | offline | duplicate
+    job_id: str
+    now_ms: int = 0
+    claim_by_ms: int = 0
+    deadline_ms: int = 0
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    state: str  # a JobState, or "missing"
+    result: bytes = b""
+    now_ms: int = 0
+    claim_by_ms: int = 0
+    deadline_ms: int = 0
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class JobQueue:
+    """Job operations for one key prefix on one Redis client."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._enqueue = redis.register_script(scripts.ENQUEUE)
+        self._attach = redis.register_script(scripts.ATTACH)
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._complete = redis.register_script(scripts.COMPLETE)
+        self._abandon = redis.register_script(scripts.ABANDON)
+
+    async def enqueue(
+        self,
+        ns: str,
+        machine_id: str,
+        job_id: str,
+        kind: JobKind,
+        args: bytes,
+        *,
+        reply_to: str,
+        claim_timeout_ms: int,
+        timeout_ms: int,
+        retention_ms: int,
+        offline_result: bytes,
+        idempotency_digest: str = "",
+        fingerprint: str = "",
+        idempotency_ttl_ms: int = 0,
+    ) -> Enqueued:
+        """Record the job and push it, or fail fast when the machine has no live heartbeat."""
+        k = self.keys
+        idem_key = k.idempotency(ns, machine_id, idempotency_digest or "-")
+        record = fingerprint if idempotency_digest else ""
+        out = await self._enqueue(
+            keys=[k.heartbeat(ns, machine_id), k.mailbox(ns, machine_id), k.job(ns, machine_id, job_id), idem_key],
+            args=[
+                job_id,
+                kind.value,
+                args,
+                reply_to,
+                claim_timeout_ms,
+                timeout_ms,
+                retention_ms,
+                record,
+                idempotency_ttl_ms,
+                machine_id,
+                offline_result,
+            ],
+        )
+        status = _s(out[0])
+        if status == "duplicate":
+            existing_id, _, existing_fp = _s(out[1]).partition(" ")
+            return Enqueued("duplicate", existing_id, fingerprint=existing_fp)
+        if status in ("offline", "exists"):
+            return Enqueued("offline" if status == "offline" else "duplicate", job_id, fingerprint=fingerprint)
+        return Enqueued("queued", job_id, int(out[2]), int(out[3]), int(out[4]))
+
+    async def attach(self, ns: str, machine_id: str, job_id: str, reply_to: str, retention_ms: int) -> JobStatus:
+        """Read a job's state and, while it is not final, ask for its reply on `reply_to` too."""
+        k = self.keys
+        out = await self._attach(
+            keys=[k.job(ns, machine_id, job_id), k.waiters(ns, machine_id, job_id)],
+            args=[reply_to, retention_ms],
+        )
+        if _s(out[0]) == "missing":
+            return JobStatus("missing")
+        return JobStatus(_s(out[0]), bytes(out[1]) if out[1] else b"", int(out[2]), int(out[3]), int(out[4]))
+
+    async def abandon(self, ns: str, machine_id: str, job_id: str, *, give_up: bool) -> JobStatus:
+        """At a deadline: expire a job still queued; with give_up, mark a running one unknown."""
+        out = await self._abandon(
+            keys=[self.keys.job(ns, machine_id, job_id)], args=["give_up" if give_up else "expire"]
+        )
+        return JobStatus(_s(out[0]), bytes(out[1]) if len(out) > 1 and out[1] else b"")
+
+    async def claim(self, ns: str, machine_id: str, job_id: str, instance: str) -> ClaimedJob | None:
+        """Take a queued job before its claim deadline; None if it was late, taken or gone."""
+        out = await self._claim(keys=[self.keys.job(ns, machine_id, job_id)], args=[instance])
+        if _s(out[0]) != "claimed":
+            return None
+        return ClaimedJob(job_id=job_id, kind=JobKind(_s(out[1])), args=msgspec.Raw(bytes(out[2])))
+
+    async def complete(
+        self, ns: str, machine_id: str, job_id: str, instance: str, state: JobState, result: bytes
+    ) -> bool:
+        """Store the result (fenced by instance) and push a reply to every waiting hub."""
+        k = self.keys
+        out = await self._complete(
+            keys=[k.job(ns, machine_id, job_id), k.waiters(ns, machine_id, job_id)],
+            args=[instance, state.value, result],
+        )
+        if _s(out[0]) != "done":
+            return False
+        reply = _reply_encoder.encode(
+            Reply(job_id=job_id, machine_id=machine_id, state=state, result=msgspec.Raw(result))
+        )
+        # Replies are notifications: pushing one twice is harmless, the hub resolves a job once.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for inbox in dict.fromkeys(_s(x) for x in out[1:] if x):
+                pipe.lpush(inbox, reply)
+                pipe.pexpire(inbox, INBOX_TTL_MS)
+            await pipe.execute()
+        return True
+
+    async def pop_mailbox(self, blocking: Redis, ns: str, machine_id: str, timeout_s: float, count: int) -> list[str]:
+        """Wait up to timeout_s for job ids on the machine's mailbox (oldest first)."""
+        out = await blocking.blmpop(timeout_s, 1, self.keys.mailbox(ns, machine_id), direction="RIGHT", count=count)
+        return [_s(x) for x in out[1]] if out else []
+
+    async def pop_inbox(self, blocking: Redis, inboxes: Sequence[str], timeout_s: float, count: int) -> list[Reply]:
+        """Wait up to timeout_s for replies on any of a hub's inboxes."""
+        out = await blocking.blmpop(timeout_s, len(inboxes), *inboxes, direction="RIGHT", count=count)
+        if not out:
+            return []
+        replies = []
+        for raw in out[1]:
+            try:
+                replies.append(_reply_decoder.decode(raw))
+            except msgspec.DecodeError:
+                continue  # a wake-up token, or a reply from an incompatible agent
+        return replies

@@ -1,0 +1,119 @@
+"""Wire types shared by hub and agent: HTTP bodies, job arguments, results and replies.
+
+New fields must get defaults and unknown fields are ignored, so a newer hub and an older agent
+keep understanding each other (msgspec's schema-evolution rules).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+import msgspec
+
+AgentName = Literal["claude", "codex", "cursor", "gemini", "opencode"]
+SessionType = Literal["simple", "worktree"]
+MAX_PATHS = 1000
+MAX_PATH_BYTES = 4096
+
+
+class JobKind(enum.StrEnum):
+    SPAWN = "spawn"
+    PATHS = "paths"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.EXPIRED})
+
+
+class Message(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+    """Base of every wire type: camelCase JSON as in HAPI, defaults left out."""
+
+
+class SpawnRequest(Message):
+    """Body of POST /api/machines/:id/spawn, and the arguments of a spawn job."""
+
+    directory: str
+    agent: AgentName = "claude"
+    model: str | None = None
+    yolo: bool = False
+    session_type: SessionType = "simple"
+    worktree_name: str | None = None
+
+
+class PathsRequest(Message):
+    """Body of POST /api/machines/:id/paths/exists, and the arguments of a paths job."""
+
+    paths: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_PATHS)]
+
+
+class Worktree(Message):
+    path: str
+    branch: str
+    base_path: str
+
+
+class SpawnResult(Message):
+    """What the agent reports for a spawn; `code` names the failure when success is false."""
+
+    success: bool
+    session_id: str | None = None
+    directory_created: bool = False
+    worktree: Worktree | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+class SpawnResponse(SpawnResult):
+    """The spawn route's answer: the agent's result plus the job it ran as."""
+
+    job_id: str = ""
+
+
+class PathsResult(Message):
+    exists: dict[str, bool] = msgspec.field(default_factory=dict)
+    error: str | None = None
+    code: str | None = None
+
+
+class ClaimedJob(Message):
+    """A job the agent claimed: its kind and its still-encoded arguments."""
+
+    job_id: str
+    kind: JobKind
+    args: msgspec.Raw
+
+
+class Reply(Message):
+    """Pushed onto a hub's inbox when a job reaches a state its waiters care about."""
+
+    job_id: str
+    machine_id: str
+    state: JobState
+    result: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class MachineMetadata(Message, omit_defaults=False):
+    hostname: str
+    platform: str
+    version: str
+    launcher: str = "pty"
+
+
+class Machine(Message):
+    id: str
+    namespace: str
+    metadata: MachineMetadata
+    last_seen: int
+
+
+class MachineList(Message):
+    machines: list[Machine]

@@ -1,0 +1,130 @@
+"""The Lua scripts behind every job transition; each reads the clock with Redis TIME.
+
+States: queued -> running -> succeeded | failed | unknown(-> final later); queued -> expired.
+Claim and abandon both act only on `queued`, so exactly one of them wins a job: a job the hub
+abandoned can never run, and a job the agent claimed is never reported as not started.
+"""
+
+from __future__ import annotations
+
+NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: heartbeat, mailbox, job, idempotency
+# ARGV: job id, kind, args, reply inbox, claim timeout ms, timeout ms, retention ms,
+#       idempotency record ('' for none), idempotency ttl ms, machine id, offline result
+ENQUEUE = (
+    NOW
+    + """
+if ARGV[8] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {'duplicate', existing} end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'exists', ARGV[1]} end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[3], 'kind', ARGV[2], 'machineId', ARGV[10], 'state', 'failed',
+    'createdMs', now, 'finishedMs', now, 'result', ARGV[11])
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
+  return {'offline', ARGV[1]}
+end
+local claim_by = now + tonumber(ARGV[5])
+local deadline = now + tonumber(ARGV[6])
+redis.call('HSET', KEYS[3], 'kind', ARGV[2], 'machineId', ARGV[10], 'args', ARGV[3],
+  'state', 'queued', 'replyTo', ARGV[4], 'createdMs', now, 'claimBy', claim_by,
+  'deadlineMs', deadline)
+redis.call('PEXPIRE', KEYS[3], ARGV[7])
+redis.call('LPUSH', KEYS[2], ARGV[1])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[6]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+if ARGV[8] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[8], 'PX', ARGV[9])
+end
+return {'queued', ARGV[1], now, claim_by, deadline}
+"""
+)
+
+# KEYS: job, waiters. ARGV: reply inbox, retention ms.
+ATTACH = (
+    NOW
+    + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'result', 'claimBy', 'deadlineMs')
+if not f[1] then return {'missing'} end
+if f[1] == 'queued' or f[1] == 'running' then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return {f[1], f[2] or '', now, f[3] or '0', f[4] or '0'}
+"""
+)
+
+# KEYS: job. ARGV: agent instance id.
+CLAIM = (
+    NOW
+    + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'claimBy', 'kind', 'args')
+if not f[1] then return {'missing'} end
+if f[1] ~= 'queued' then return {'taken', f[1]} end
+if now > tonumber(f[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'expired', 'finishedMs', now)
+  return {'late'}
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'claimedBy', ARGV[1], 'claimedMs', now)
+return {'claimed', f[3], f[4]}
+"""
+)
+
+# KEYS: job, waiters. ARGV: agent instance id, final state, result.
+# Fenced by the instance id: an agent that was paused or replaced cannot overwrite the job.
+COMPLETE = (
+    NOW
+    + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'claimedBy', 'replyTo')
+if not f[1] then return {'missing'} end
+if f[2] ~= ARGV[1] or (f[1] ~= 'running' and f[1] ~= 'unknown') then return {'stale', f[1]} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'finishedMs', now)
+local out = {'done', f[3]}
+for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
+redis.call('DEL', KEYS[2])
+return out
+"""
+)
+
+# KEYS: job. ARGV: 'expire' (queued -> expired) or 'give_up' (also running -> unknown).
+ABANDON = (
+    NOW
+    + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'result')
+if not f[1] then return {'missing'} end
+if f[1] == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'expired', 'finishedMs', now)
+  return {'expired', ''}
+end
+if f[1] == 'running' and ARGV[1] == 'give_up' then
+  redis.call('HSET', KEYS[1], 'state', 'unknown')
+  return {'unknown', ''}
+end
+return {f[1], f[2] or ''}
+"""
+)
+
+# KEYS: heartbeat, info. ARGV: agent instance id, metadata json, ttl ms.
+# Returns whether the registration record still exists, so an agent notices Redis lost it.
+HEARTBEAT = (
+    NOW
+    + """
+redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'seenMs', now, 'metadata', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('EXISTS', KEYS[2])
+"""
+)
+
+# KEYS: heartbeat. ARGV: agent instance id. A stopping agent removes only its own heartbeat.
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

@@ -1,0 +1,166 @@
+"""The machine agent: heartbeat, job loop and clean stop, in the shape of uvicorn's server.
+
+startup() registers the machine; main_loop() runs the heartbeat and the mailbox reader side by
+side until a stop is asked for; shutdown() lets running jobs finish within a grace period and
+deletes the heartbeat so the machine leaves the online list at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from core.connections import blocking_client, request_client
+from core.keys import Keys
+from core.queue import JobQueue
+from core.registry import Registry
+from core.settings import Settings
+from machine_agent import identity
+from machine_agent.executor import Executor
+from machine_agent.launcher import Launcher
+from machine_agent.spawner import Spawner
+
+log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_S = 10.0
+
+
+class Agent:
+    def __init__(self, settings: Settings, *, machine_id: str, home: Path, env: Mapping[str, str] = os.environ) -> None:
+        self.settings = settings
+        self.ns = settings.namespace
+        self.machine_id = machine_id
+        self.instance = uuid.uuid4().hex
+        self.redis = request_client(settings)
+        self.blocking = blocking_client(settings)
+        keys = Keys(settings.key_prefix)
+        self.registry = Registry(self.redis, keys)
+        self.queue = JobQueue(self.redis, keys)
+        self.launcher = Launcher()
+        self.metadata = identity.encoded_metadata("pty")
+        spawner = Spawner(settings, home=home, launcher=self.launcher, env=env)
+        self.executor = Executor(settings, spawner, namespace=self.ns, machine_id=machine_id, env=env)
+        self.should_exit = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
+
+    async def run(self) -> None:
+        with self._capture_signals():
+            try:
+                await self.startup()
+                await self.main_loop()
+            finally:
+                await self.shutdown()
+
+    async def startup(self) -> None:
+        """Register, retrying while Redis is unreachable; a namespace conflict is fatal."""
+        await self._retry_until_stopped(self._register, "registering")
+
+    async def _register(self) -> None:
+        await self.registry.register(self.ns, self.machine_id, identity.metadata("pty"))
+        await self._beat()
+        log.info("machine %s online in namespace %s (instance %s)", self.machine_id, self.ns, self.instance)
+        self.ready.set()
+
+    async def _beat(self) -> None:
+        ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
+        if not await self.registry.heartbeat(self.ns, self.machine_id, self.instance, self.metadata, ttl_ms):
+            log.warning("registration record is gone (Redis lost its data?); registering again")
+            await self.registry.register(self.ns, self.machine_id, identity.metadata("pty"))
+
+    async def main_loop(self) -> None:
+        tasks = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._job_loop())]
+        await self.should_exit.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        if self._jobs:
+            log.info("waiting up to %.0fs for %d running jobs", SHUTDOWN_GRACE_S, len(self._jobs))
+            await asyncio.wait(self._jobs, timeout=SHUTDOWN_GRACE_S)
+        with contextlib.suppress(RedisError, OSError):
+            await self.registry.release(self.ns, self.machine_id, self.instance)
+        await self.launcher.close()
+        await self.redis.aclose()
+        await self.blocking.aclose()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            # Jitter keeps a fleet started together from beating in lockstep.
+            await asyncio.sleep(self.settings.heartbeat_interval_s * random.uniform(0.9, 1.1))
+            try:
+                await self._beat()
+            except RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _job_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._slots.acquire()
+            self._slots.release()
+            try:
+                job_ids = await self.queue.pop_mailbox(
+                    self.blocking, self.ns, self.machine_id, self.settings.block_s, count=16
+                )
+            except RedisError as exc:
+                log.warning("mailbox read failed: %s; retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.reconnect_max_s)
+                continue
+            backoff = 0.05
+            for job_id in job_ids:
+                task = asyncio.create_task(self._handle(job_id))
+                self._jobs.add(task)
+                task.add_done_callback(self._jobs.discard)
+
+    async def _handle(self, job_id: str) -> None:
+        async with self._slots:
+            try:
+                job = await self.queue.claim(self.ns, self.machine_id, job_id, self.instance)
+                if job is None:
+                    return  # past its deadline or already taken: never run it
+                state, result = await self.executor.run(job)
+                if not await self.queue.complete(self.ns, self.machine_id, job_id, self.instance, state, result):
+                    log.warning("job %s: result refused (another instance owns it now)", job_id)
+            except RedisError as exc:
+                log.warning("job %s: Redis failed: %s", job_id, exc)
+
+    async def _retry_until_stopped(self, step: Callable[[], Awaitable[None]], what: str) -> None:
+        backoff = 0.05
+        while not self.should_exit.is_set():
+            try:
+                await step()
+                return
+            except RedisError as exc:
+                log.warning("%s failed: %s; retrying in %.2fs", what, exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.should_exit.wait(), backoff)
+                backoff = min(backoff * 2, self.settings.reconnect_max_s)
+
+    @contextlib.contextmanager
+    def _capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._handle_exit, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _handle_exit(self, sig: int) -> None:
+        if self.should_exit.is_set() and sig == signal.SIGINT:
+            log.warning("second interrupt: exiting now")
+            os._exit(130)
+        log.info("received %s, stopping", signal.Signals(sig).name)
+        self.should_exit.set()

@@ -1,0 +1,3 @@
+from machine_hub.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""The `machine-hub` command: hub, agent, tokens and the one-command dev stack.
+
+This package is the composition root: it is the only place that imports api and machine_agent
+together, and the only place that reads the environment (Settings.from_env).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+from redis.exceptions import RedisError
+
+from core.connections import request_client
+from core.errors import MachineHubError
+from core.keys import Keys
+from core.names import valid_namespace
+from core.settings import Settings
+from core.tokens import TokenStore
+
+T = TypeVar("T")
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(**overrides)
+    except MachineHubError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _namespace(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not valid_namespace(value):
+        raise click.BadParameter("must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+    return value
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="machine-hub")
+def main() -> None:
+    """Start AI coding sessions on any of your machines through one HTTP API."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on.  [default: 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="Port to listen on.  [default: 3006]")
+@click.option("--log-level", default="info", show_default=True)
+def api(host: str | None, port: int | None, log_level: str) -> None:
+    """Run the hub (HTTP API). Configure with REDIS_URL and CLI_API_TOKEN."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings(host=host, port=port)
+    _logging(log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=5,
+    )
+
+
+@main.command()
+@click.option("--namespace", callback=_namespace, help="Namespace this machine joins.  [default: default]")
+@click.option("--machine-id", help="Machine id; without it one is made once and kept in --home.")
+@click.option("--home", type=click.Path(file_okay=False), help="Agent state folder.  [default: ~/.machine-hub]")
+@click.option("--root", "roots", multiple=True, help="Only paths under this folder are visible (repeatable).")
+@click.option("--log-level", default="info", show_default=True)
+def agent(
+    namespace: str | None, machine_id: str | None, home: str | None, roots: tuple[str, ...], log_level: str
+) -> None:
+    """Run the machine agent in the foreground: heartbeat, take jobs, start sessions."""
+    from machine_agent.agent import Agent
+    from machine_agent.identity import machine_id as resolve_machine_id
+
+    settings = _settings(namespace=namespace, home=home, roots=roots or None)
+    _logging(log_level)
+    home_dir = Path(settings.home).expanduser()
+    try:
+        mid = resolve_machine_id(home_dir, machine_id or settings.machine_id)
+        asyncio.run(Agent(settings, machine_id=mid, home=home_dir).run())
+    except MachineHubError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def token() -> None:
+    """Issue, list and revoke bearer tokens (Redis keeps only their SHA-256)."""
+
+
+def _with_tokens(use: Callable[[TokenStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        settings = _settings()
+        redis = request_client(settings)
+        try:
+            return await use(TokenStore(redis, Keys(settings.key_prefix)))
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(go())
+    except RedisError as exc:
+        raise click.ClickException(f"cannot reach Redis ({exc}); check REDIS_URL") from None
+
+
+NS_OPTION = click.option("--namespace", required=True, callback=_namespace, help="The namespace the token grants.")
+
+
+@token.command("create")
+@NS_OPTION
+def token_create(namespace: str) -> None:
+    """Print a new token for NAMESPACE; it is shown only this once."""
+    new = _with_tokens(lambda store: store.create(namespace))
+    click.echo(new.token)
+    click.echo(f"id {new.record.id}, namespace {namespace}; store it now, it cannot be shown again", err=True)
+
+
+@token.command("list")
+@NS_OPTION
+def token_list(namespace: str) -> None:
+    """List the issued tokens of NAMESPACE (ids only)."""
+    records = _with_tokens(lambda store: store.issued(namespace))
+    if not records:
+        click.echo(f"no issued tokens in namespace {namespace}")
+    for record in records:
+        created = datetime.datetime.fromtimestamp(record.created_ms / 1000, datetime.UTC)
+        click.echo(f"{record.id}  {record.namespace}  created {created:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@token.command("revoke")
+@NS_OPTION
+@click.argument("token_id")
+def token_revoke(namespace: str, token_id: str) -> None:
+    """Revoke a token by the id `token list` shows (or by the token itself)."""
+    if not _with_tokens(lambda store: store.revoke(namespace, token_id)):
+        raise click.ClickException(f"no token {token_id!r} in namespace {namespace}")
+    click.echo(f"revoked {token_id}")
+
+
+@main.command()
+@click.option("--port", type=int, default=3006, show_default=True, help="Port of the hub.")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=".machine-hub",
+    show_default=True,
+    help="Folder for the Redis data this command may start.",
+)
+def dev(port: int, data: str) -> None:
+    """Redis, the hub and a local agent in one command, with a token and a curl line to try."""
+    from machine_hub.devstack import run_dev
+
+    run_dev(_settings(), port=port, data=Path(data))
