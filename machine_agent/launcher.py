@@ -20,7 +20,7 @@ import subprocess
 import termios
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -72,7 +72,7 @@ class _Session:
     exited: asyncio.Future[int]
     drained: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
-    open: bool = field(default=True)
+    draining: bool = True
 
     def drain(self) -> None:
         try:
@@ -90,9 +90,9 @@ class _Session:
             self.stop()
 
     def stop(self) -> None:
-        if not self.open:
+        if not self.draining:
             return
-        self.open = False
+        self.draining = False
         self.loop.remove_reader(self.master)
         os.close(self.master)
         self.output.close()
@@ -144,7 +144,7 @@ class Launcher:
         return Exited(returncode=session.exited.result(), tail=tail)
 
     async def wait(self, pid: int, timeout_s: float) -> int | None:
-        """Return code of a session started here once it ended, or None on timeout."""
+        """Return code of a session started here once it ended; None on timeout or if not tracked."""
         session = self._sessions.get(pid)
         if session is None:
             return None
@@ -175,6 +175,7 @@ def _start(
 ) -> _Session:
     loop = asyncio.get_running_loop()
     output_log.parent.mkdir(parents=True, exist_ok=True)
+    output = output_log.open("ab", buffering=0)  # unbuffered: the log is read while the session runs
     master, slave = pty.openpty()
     try:
         # A fresh pty is 0x0, which makes full-screen CLIs draw nothing or fail.
@@ -192,6 +193,7 @@ def _start(
             )
     except BaseException:
         os.close(master)
+        output.close()
         raise
     finally:
         # Only the child may hold the slave, or the master would never see EOF when it exits.
@@ -200,7 +202,7 @@ def _start(
     session = _Session(
         proc=proc,
         master=master,
-        output=output_log.open("ab", buffering=0),
+        output=output,
         exited=loop.create_future(),
         drained=loop.create_future(),
         loop=loop,

@@ -52,10 +52,19 @@ def wait_until(check: Callable[[], object], timeout_s: float = 10.0, what: str =
 
 def fast_settings(redis_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
-        redis_url=redis_url, cli_api_token=SECRET, key_prefix=f"e2e-{uuid.uuid4().hex[:8]}",
-        redis_connect_timeout_s=0.5, redis_socket_timeout_s=1.0, block_s=1.0, reconnect_max_s=0.2,
-        heartbeat_interval_s=0.2, heartbeat_ttl_s=1.0, spawn_claim_timeout_s=2.0, spawn_timeout_s=4.0,
-        paths_timeout_s=2.0, spawn_settle_s=0.3,
+        redis_url=redis_url,
+        cli_api_token=SECRET,
+        key_prefix=f"e2e-{uuid.uuid4().hex[:8]}",
+        redis_connect_timeout_s=0.5,
+        redis_socket_timeout_s=1.0,
+        block_s=1.0,
+        reconnect_max_s=0.2,
+        heartbeat_interval_s=0.2,
+        heartbeat_ttl_s=1.0,
+        spawn_claim_timeout_s=2.0,
+        spawn_timeout_s=4.0,
+        paths_timeout_s=2.0,
+        spawn_settle_s=0.3,
     )
     values.update(overrides)
     return Settings(**values)
@@ -123,8 +132,12 @@ class Stack:
         log = self.tmp / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "machine_hub", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=self.tmp,
+                [sys.executable, "-m", "machine_hub", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.tmp,
             )
         process = Process(name, popen, log)
         self.processes.append(process)
@@ -195,6 +208,7 @@ class Stack:
             except (ProcessLookupError, PermissionError):
                 pass
         self.redis.close()
+        self.redis_server.kill()  # a test may have replaced the server the fixture started
 
     def dump_logs(self) -> Iterator[str]:
         for process in self.processes:

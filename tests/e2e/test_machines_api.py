@@ -31,16 +31,35 @@ def test_paths_exists_checks_on_the_machine(stack: Stack, machine_id: str, tmp_p
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     home = stack.tmp / "home"
     (home / "proj").mkdir(parents=True, exist_ok=True)
-    paths = [f" {tmp_path}/file ", f"{tmp_path}/file", f"{tmp_path}/dir", f"{tmp_path}/link", f"{tmp_path}/dangling",
-             f"{tmp_path}/missing", "~", "~/proj", "proj", "nope"]
-    r = httpx2.post(f"{stack.hubs[0].url}/api/machines/{machine_id}/paths/exists", headers=stack.auth(),
-                    json={"paths": paths})
+    paths = [
+        f" {tmp_path}/file ",
+        f"{tmp_path}/file",
+        f"{tmp_path}/dir",
+        f"{tmp_path}/link",
+        f"{tmp_path}/dangling",
+        f"{tmp_path}/missing",
+        "~",
+        "~/proj",
+        "proj",
+        "nope",
+    ]
+    r = httpx2.post(
+        f"{stack.hubs[0].url}/api/machines/{machine_id}/paths/exists", headers=stack.auth(), json={"paths": paths}
+    )
     assert r.status_code == 200, r.text
-    assert r.json() == {"exists": {
-        f"{tmp_path}/file": True, f"{tmp_path}/dir": True, f"{tmp_path}/link": True,
-        f"{tmp_path}/dangling": False, f"{tmp_path}/missing": False, "~": True, "~/proj": True, "proj": True,
-        "nope": False,
-    }}
+    assert r.json() == {
+        "exists": {
+            f"{tmp_path}/file": True,
+            f"{tmp_path}/dir": True,
+            f"{tmp_path}/link": True,
+            f"{tmp_path}/dangling": False,
+            f"{tmp_path}/missing": False,
+            "~": True,
+            "~/proj": True,
+            "proj": True,
+            "nope": False,
+        }
+    }
 
 
 def test_paths_exists_with_a_thousand_paths(stack: Stack, machine_id: str, tmp_path: Path) -> None:
@@ -48,8 +67,9 @@ def test_paths_exists_with_a_thousand_paths(stack: Stack, machine_id: str, tmp_p
     paths = [f"{tmp_path}/p{i}" for i in range(1000)]
     for p in paths[::2]:
         Path(p).mkdir()
-    r = httpx2.post(f"{stack.hubs[1].url}/api/machines/{machine_id}/paths/exists", headers=stack.auth(),
-                    json={"paths": paths})
+    r = httpx2.post(
+        f"{stack.hubs[1].url}/api/machines/{machine_id}/paths/exists", headers=stack.auth(), json={"paths": paths}
+    )
     assert r.status_code == 200
     exists = r.json()["exists"]
     assert len(exists) == 1000
@@ -77,8 +97,7 @@ def test_spawn_launches_the_cli_with_its_flags_on_a_terminal(
     body: dict[str, object] = {"directory": str(tmp_path), "agent": agent, "yolo": yolo}
     if model:
         body["model"] = model
-    r = httpx2.post(f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn", headers=stack.auth(), json=body,
-                    timeout=10)
+    r = httpx2.post(f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn", headers=stack.auth(), json=body, timeout=10)
     assert r.status_code == 200
     answer = r.json()
     assert answer["success"] is True, answer
@@ -98,8 +117,12 @@ def test_spawn_launches_the_cli_with_its_flags_on_a_terminal(
 def test_spawn_creates_a_missing_directory(stack: Stack, machine_id: str, tmp_path: Path) -> None:
     stack.start_agent(machine_id)
     target = tmp_path / "new" / "deep"
-    r = httpx2.post(f"{stack.hubs[1].url}/api/machines/{machine_id}/spawn", headers=stack.auth(),
-                    json={"directory": f"  {target}  "}, timeout=10)
+    r = httpx2.post(
+        f"{stack.hubs[1].url}/api/machines/{machine_id}/spawn",
+        headers=stack.auth(),
+        json={"directory": f"  {target}  "},
+        timeout=10,
+    )
     answer = r.json()
     assert answer["success"] is True and answer["directoryCreated"] is True
     assert target.is_dir()
@@ -108,8 +131,12 @@ def test_spawn_creates_a_missing_directory(stack: Stack, machine_id: str, tmp_pa
 
 def test_spawn_reports_a_cli_that_exits_at_once(stack: Stack, machine_id: str, tmp_path: Path) -> None:
     stack.start_agent(machine_id, FAKE_CLI_EXIT="3", FAKE_CLI_STDERR="boom: no credentials")
-    r = httpx2.post(f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn", headers=stack.auth(),
-                    json={"directory": str(tmp_path)}, timeout=10)
+    r = httpx2.post(
+        f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn",
+        headers=stack.auth(),
+        json={"directory": str(tmp_path)},
+        timeout=10,
+    )
     answer = r.json()
     assert answer["success"] is False and answer["code"] == "spawn_failed"
     assert "3" in answer["error"] and "boom: no credentials" in answer["error"]
@@ -117,8 +144,12 @@ def test_spawn_reports_a_cli_that_exits_at_once(stack: Stack, machine_id: str, t
 
 def test_spawn_reports_a_cli_that_is_not_installed(stack: Stack, machine_id: str, tmp_path: Path) -> None:
     stack.start_agent(machine_id, PATH="/usr/bin:/bin")
-    r = httpx2.post(f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn", headers=stack.auth(),
-                    json={"directory": str(tmp_path), "agent": "gemini"}, timeout=10)
+    r = httpx2.post(
+        f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn",
+        headers=stack.auth(),
+        json={"directory": str(tmp_path), "agent": "gemini"},
+        timeout=10,
+    )
     answer = r.json()
     assert answer["success"] is False and answer["code"] == "agent_not_installed"
     assert "gemini" in answer["error"]
@@ -130,13 +161,21 @@ def test_offline_machine_fails_fast(stack: Stack, machine_id: str, tmp_path: Pat
     for hub in stack.hubs:
         machines = httpx2.get(f"{hub.url}/api/machines", headers=stack.auth()).json()["machines"]
         assert machine_id not in [m["id"] for m in machines], "a clean stop leaves the list at once"
-    r = httpx2.post(f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn", headers=stack.auth(),
-                    json={"directory": str(tmp_path)}, timeout=10)
+    r = httpx2.post(
+        f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn",
+        headers=stack.auth(),
+        json={"directory": str(tmp_path)},
+        timeout=10,
+    )
     assert r.status_code == 200
     assert r.json()["code"] == "machine_offline"
     assert r.elapsed.total_seconds() < stack.settings.spawn_claim_timeout_s, "answered without waiting for a claim"
-    r = httpx2.post(f"{stack.hubs[1].url}/api/machines/{machine_id}/paths/exists", headers=stack.auth(),
-                    json={"paths": ["/"]}, timeout=10)
+    r = httpx2.post(
+        f"{stack.hubs[1].url}/api/machines/{machine_id}/paths/exists",
+        headers=stack.auth(),
+        json={"paths": ["/"]},
+        timeout=10,
+    )
     assert r.status_code == 500
     assert r.json() == {"error": f"Failed to check paths: machine {machine_id} is offline", "code": "machine_offline"}
 

@@ -104,7 +104,7 @@ MakeSpawner = Callable[..., Spawner]
 def make_spawner(tmp_path: Path, launcher: Launcher, env: dict[str, str]) -> MakeSpawner:
     def make(env_extra: dict[str, str] | None = None, **settings: Any) -> Spawner:
         return Spawner(
-            Settings(spawn_settle_s=SETTLE_S, **settings),
+            Settings(**{"spawn_settle_s": SETTLE_S} | settings),
             home=tmp_path / "mh-home",
             launcher=launcher,
             env=env | (env_extra or {}),
@@ -133,6 +133,23 @@ def _branch_exists(env: dict[str, str], repo: Path, branch: str) -> bool:
     return subprocess.run(args, env=env, check=False).returncode == 0
 
 
+def _count(path: Path, text: str) -> int:
+    return path.read_text(errors="replace").count(text) if path.exists() else 0
+
+
+def _is_dir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def _reaped(pid: int) -> bool:
+    """True if `pid` is no child of ours any more, not even a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -147,9 +164,18 @@ async def _records(cli_log: Path, count: int = 1, timeout_s: float = 5.0) -> lis
 
 async def _file_contains(path: Path, text: str, timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while text not in (path.read_text(errors="replace") if path.exists() else ""):
+    while _count(path, text) == 0:
         assert time.monotonic() < deadline, f"{path} never contained {text[:40]!r}"
         await asyncio.sleep(0.02)
+
+
+async def _gone(launcher: Launcher, pid: int, timeout_s: float = 5.0) -> None:
+    """Wait until the launcher no longer tracks `pid` and the process was reaped (no zombie)."""
+    deadline = time.monotonic() + timeout_s
+    while pid in launcher.live:
+        assert time.monotonic() < deadline, f"session {pid} is still tracked"
+        await asyncio.sleep(0.02)
+    assert _reaped(pid)
 
 
 async def _spawn(spawner: Spawner, **request: Any) -> SpawnResult:
@@ -163,7 +189,13 @@ def _real(path: Path) -> str:
 @pytest.mark.parametrize("agent", list(COMMAND))
 @pytest.mark.parametrize(("yolo", "model"), [(False, None), (True, "big-model")])
 async def test_each_agent_is_launched_with_its_flags_on_a_tty(
-    make_spawner: MakeSpawner, launcher: Launcher, tmp_path: Path, cli_log: Path, agent: AgentName, yolo: bool, model: str | None
+    make_spawner: MakeSpawner,
+    launcher: Launcher,
+    tmp_path: Path,
+    cli_log: Path,
+    agent: AgentName,
+    yolo: bool,
+    model: str | None,
 ) -> None:
     project = tmp_path / "project"
     project.mkdir()
@@ -242,7 +274,7 @@ async def test_a_file_is_not_a_directory(make_spawner: MakeSpawner, tmp_path: Pa
     result = await _spawn(spawner, directory=str(tmp_path / "file" / "below"), agent="claude")
     assert (result.success, result.code) == (False, "directory_create_failed"), result
     assert "a file is in the way" in (result.error or "")
-    assert not cli_log.exists()
+    assert not _lines(cli_log)
 
 
 async def test_worktree_session(make_spawner: MakeSpawner, repo: Path, env: dict[str, str], cli_log: Path) -> None:
@@ -281,7 +313,7 @@ async def test_worktree_collisions_get_a_suffix(make_spawner: MakeSpawner, repo:
     assert second.worktree.path == str(repo.parent / "proj-worktrees" / second.worktree.branch.removeprefix("wt/"))
     assert re.fullmatch(r"wt/other-[0-9a-f]{4}", third.worktree.branch)
     for result in (first, second, third):
-        assert result.worktree and Path(result.worktree.path).is_dir()
+        assert result.worktree and _is_dir(result.worktree.path)
         assert _branch_exists(env, repo, result.worktree.branch)
 
 
@@ -297,7 +329,7 @@ async def test_worktree_needs_an_existing_git_directory(
     plain = await _spawn(spawner, directory=str(tmp_path / "plain"), session_type="worktree", worktree_name="x")
     assert (plain.success, plain.code) == (False, "not_a_git_repo"), plain
     assert "not a git repository" in (plain.error or "")
-    assert not cli_log.exists()
+    assert not _lines(cli_log)
 
 
 async def test_worktree_name_without_letters_fails(make_spawner: MakeSpawner, repo: Path) -> None:
@@ -370,27 +402,46 @@ async def test_output_is_logged_under_home_and_kept_drained(
     make_spawner: MakeSpawner, tmp_path: Path, cli_log: Path
 ) -> None:
     # Far more than a pty buffer holds: the session blocks unless the agent keeps reading.
-    big = "".join(f"line {i:06d}\n" for i in range(30000)) + "THE END\n"
-    spawner = make_spawner({"FAKE_CLI_STDOUT": big, "FAKE_CLI_STDERR": "a warning\n"})
-    result = await _spawn(spawner, directory=str(tmp_path), agent="claude")
+    line, repeat = "all work and no play\n", 20000
+    extra = {
+        "FAKE_CLI_STDOUT": line,
+        "FAKE_CLI_STDOUT_REPEAT": str(repeat),
+        "FAKE_CLI_STDOUT_DELAY": str(SETTLE_S + 0.2),  # printed after the spawn was answered
+        "FAKE_CLI_STDERR": "a warning\n",
+    }
+    result = await _spawn(make_spawner(extra), directory=str(tmp_path), agent="claude")
     assert result.success, result
     session_dir = tmp_path / "mh-home" / "sessions" / str(result.session_id)
-    await _file_contains(session_dir / "output.log", "THE END")
+    deadline = time.monotonic() + 10.0
+    while _count(session_dir / "output.log", "all work and no play") < repeat:
+        assert time.monotonic() < deadline, "the session's output stopped being drained"
+        await asyncio.sleep(0.02)
     await _file_contains(session_dir / "stderr.log", "a warning")
-    assert "line 012345" in (session_dir / "output.log").read_text()
     [record] = await _records(cli_log)
     assert record["env"]["MACHINE_HUB_SESSION_ID"] == result.session_id
 
 
-async def test_session_end_is_reaped(make_spawner: MakeSpawner, launcher: Launcher, tmp_path: Path, cli_log: Path) -> None:
+async def test_session_end_is_reaped(
+    make_spawner: MakeSpawner, launcher: Launcher, tmp_path: Path, cli_log: Path
+) -> None:
     result = await _spawn(make_spawner(), directory=str(tmp_path), agent="claude")
     assert result.success, result
     [record] = await _records(cli_log)
     os.killpg(record["pid"], signal.SIGTERM)
     assert await launcher.wait(record["pid"], 5.0) == -signal.SIGTERM
-    deadline = time.monotonic() + 5.0
-    while record["pid"] in launcher.live:
-        assert time.monotonic() < deadline, "the ended session is still tracked"
-        await asyncio.sleep(0.02)
-    with pytest.raises(ChildProcessError):
-        os.waitpid(record["pid"], os.WNOHANG)
+    await _gone(launcher, record["pid"])
+
+
+async def test_cancelled_spawn_kills_the_session_and_removes_its_worktree(
+    make_spawner: MakeSpawner, launcher: Launcher, repo: Path, env: dict[str, str], cli_log: Path
+) -> None:
+    spawner = make_spawner(spawn_settle_s=30.0)
+    request = SpawnRequest(directory=str(repo), session_type="worktree", worktree_name="cancelled")
+    task = asyncio.create_task(spawner.spawn(request, **JOB))
+    [record] = await _records(cli_log)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _gone(launcher, record["pid"])
+    assert not (repo.parent / "proj-worktrees" / "cancelled").exists()
+    assert not _branch_exists(env, repo, "mh-cancelled")

@@ -23,8 +23,14 @@ def fake_server() -> fakeredis.FakeServer:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(cli_api_token=SECRET, key_prefix=f"t-{uuid.uuid4().hex[:8]}", block_s=0.2,
-                    spawn_claim_timeout_s=0.3, spawn_timeout_s=0.6, paths_timeout_s=0.3)
+    return Settings(
+        cli_api_token=SECRET,
+        key_prefix=f"t-{uuid.uuid4().hex[:8]}",
+        block_s=0.2,
+        spawn_claim_timeout_s=0.3,
+        spawn_timeout_s=0.6,
+        paths_timeout_s=0.3,
+    )
 
 
 @pytest.fixture

@@ -19,7 +19,11 @@ def register(redis: fakeredis.FakeRedis, keys: Keys, ns: str, machine_id: str, *
     if online:
         redis.hset(
             keys.heartbeat(ns, machine_id),
-            mapping={"instance": "i", "seenMs": 1700000000000, "metadata": b'{"hostname":"h","platform":"linux","version":"1"}'},
+            mapping={
+                "instance": "i",
+                "seenMs": 1700000000000,
+                "metadata": b'{"hostname":"h","platform":"linux","version":"1"}',
+            },
         )
         redis.pexpire(keys.heartbeat(ns, machine_id), 60_000)
 
@@ -32,14 +36,18 @@ def test_missing_token_is_401(client: TestClient, header: str | None) -> None:
     assert r.json() == {"error": "Missing authorization token"}
 
 
-@pytest.mark.parametrize("header", ["Bearer nope", f"Bearer {SECRET}x", f"Basic {SECRET}", f"Bearer {SECRET}:", f"Bearer {SECRET}:bad ns"])
+@pytest.mark.parametrize(
+    "header", ["Bearer nope", f"Bearer {SECRET}x", f"Basic {SECRET}", f"Bearer {SECRET}:", f"Bearer {SECRET}:bad ns"]
+)
 def test_wrong_token_is_401_invalid(client: TestClient, header: str) -> None:
     r = client.get("/api/machines", headers={"Authorization": header})
     assert r.status_code == 401
     assert r.json() == {"error": "Invalid token"}
 
 
-def test_list_shows_only_online_machines_of_the_namespace(client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys) -> None:
+def test_list_shows_only_online_machines_of_the_namespace(
+    client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys
+) -> None:
     register(sync_redis, keys, "default", "b-online", online=True)
     register(sync_redis, keys, "default", "a-online", online=True)
     register(sync_redis, keys, "default", "offline")
@@ -49,7 +57,9 @@ def test_list_shows_only_online_machines_of_the_namespace(client: TestClient, sy
     machines = r.json()["machines"]
     assert [m["id"] for m in machines] == ["a-online", "b-online"]
     assert machines[0] == {
-        "id": "a-online", "namespace": "default", "lastSeen": 1700000000000,
+        "id": "a-online",
+        "namespace": "default",
+        "lastSeen": 1700000000000,
         "metadata": {"hostname": "h", "platform": "linux", "version": "1", "launcher": "pty"},
     }
     r = client.get("/api/machines", headers={"Authorization": f"Bearer {SECRET}:team"})
@@ -130,7 +140,9 @@ def test_paths_bad_body_is_400_with_detail(
     assert detail in r.json()["detail"]
 
 
-def test_offline_spawn_answers_at_once_and_queues_nothing(client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys) -> None:
+def test_offline_spawn_answers_at_once_and_queues_nothing(
+    client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys
+) -> None:
     register(sync_redis, keys, "default", "m1")
     r = client.post("/api/machines/m1/spawn", headers=AUTH, json={"directory": "/x"})
     assert r.status_code == 200
@@ -170,7 +182,9 @@ def test_bad_idempotency_key_is_400(client: TestClient, sync_redis: fakeredis.Fa
     assert r.json()["error"] == "Invalid header"
 
 
-def test_same_idempotency_key_other_body_is_422(client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys) -> None:
+def test_same_idempotency_key_other_body_is_422(
+    client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys
+) -> None:
     register(sync_redis, keys, "default", "m1", online=True)
     headers = {**AUTH, "Idempotency-Key": "k1"}
     first = client.post("/api/machines/m1/spawn", headers=headers, json={"directory": "/x"}).json()

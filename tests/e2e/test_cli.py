@@ -1,0 +1,169 @@
+"""The machine-hub command as a user runs it: tokens, namespaces, agent identity and `dev`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from machine_hub.redis_server import free_port
+from tests.e2e.harness import Stack, wait_until
+
+
+def cli(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "machine_hub", *args],
+        env=stack.env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=stack.tmp,
+    )
+
+
+def test_issued_token_grants_its_namespace_until_revoked(stack: Stack, machine_id: str) -> None:
+    stack.start_agent(machine_id, "team")
+    created = cli(stack, "token", "create", "--namespace", "team")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("mh_") and "cannot be shown again" in created.stderr
+    bearer = {"Authorization": f"Bearer {token}"}
+    machines = httpx2.get(f"{stack.hubs[0].url}/api/machines", headers=bearer).json()["machines"]
+    assert [m["id"] for m in machines] == [machine_id]
+    assert all(m["namespace"] == "team" for m in machines)
+
+    listed = cli(stack, "token", "list", "--namespace", "team")
+    token_id = listed.stdout.split()[0]
+    assert re.fullmatch(r"[0-9a-f]{12}", token_id)
+    stored = stack.redis.get(stack.keys.token(hashlib.sha256(token.encode()).hexdigest()))
+    assert stored is not None and token.encode() not in stored
+    assert cli(stack, "token", "revoke", "--namespace", "team", token_id).returncode == 0
+    r = httpx2.get(f"{stack.hubs[1].url}/api/machines", headers=bearer)
+    assert r.status_code == 401 and r.json() == {"error": "Invalid token"}
+    again = cli(stack, "token", "revoke", "--namespace", "team", token_id)
+    assert again.returncode == 1 and "no token" in again.stderr
+
+
+def test_namespaces_are_isolated(stack: Stack, machine_id: str, tmp_path: Path) -> None:
+    stack.start_agent(machine_id, "team")
+    for hub in stack.hubs:
+        listed = httpx2.get(f"{hub.url}/api/machines", headers=stack.auth()).json()["machines"]
+        assert machine_id not in [m["id"] for m in listed]
+        for route, body in (("spawn", {"directory": str(tmp_path)}), ("paths/exists", {"paths": ["/"]})):
+            r = httpx2.post(f"{hub.url}/api/machines/{machine_id}/{route}", headers=stack.auth(), json=body)
+            assert r.status_code == 403 and r.json() == {"error": "Access denied"}
+        r = httpx2.post(
+            f"{hub.url}/api/machines/{machine_id}/paths/exists", headers=stack.auth("team"), json={"paths": ["/"]}
+        )
+        assert r.json() == {"exists": {"/": True}}
+
+
+def test_machine_id_in_another_namespace_refuses_to_start(stack: Stack, machine_id: str) -> None:
+    stack.start_agent(machine_id, "team")
+    agent = stack.start_agent(machine_id, "other", wait=False)
+    assert agent.popen.wait(20) == 1
+    assert f"machine id '{machine_id}' is registered in namespace 'team', not 'other'" in agent.log_text()
+    assert "Traceback" not in agent.log_text()
+
+
+def test_agent_keeps_the_id_it_made(stack: Stack, tmp_path: Path) -> None:
+    home = tmp_path / "agent-home"
+    args = ["agent", "--namespace", "solo", "--home", str(home)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "machine_hub", *args],
+        env=stack.env(HOME=str(tmp_path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        machine_id = wait_until(
+            lambda: (home / "machine-id").exists() and (home / "machine-id").read_text().strip(),
+            what="the machine id file",
+        )
+        assert re.fullmatch(r"machine_[0-9a-f]{16}", machine_id)
+        stack.wait_online("solo", machine_id)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert not stack.redis.exists(stack.keys.heartbeat("solo", machine_id)), "a clean stop deletes the heartbeat"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["agent", "--namespace", "bad/ns"], "Invalid value for '--namespace'"),
+        (["agent", "--machine-id", "{bad}"], "machine id '{bad}' must match"),
+        (["token", "create"], "Missing option '--namespace'"),
+        (["api", "--port", "x"], "is not a valid integer"),
+    ],
+)
+def test_bad_options_get_a_readable_message(stack: Stack, args: list[str], message: str) -> None:
+    result = cli(stack, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_environment_gets_a_readable_message(stack: Stack) -> None:
+    result = cli(stack, "agent", MACHINE_HUB_HEARTBEAT_INTERVAL_S="soon")
+    assert result.returncode == 1
+    assert "heartbeat_interval_s" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_token_command_without_redis_says_so(stack: Stack) -> None:
+    result = cli(stack, "token", "list", "--namespace", "team", REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["api"], ["agent"], ["token"], ["token", "create"], ["dev"]])
+def test_every_command_has_help(stack: Stack, command: list[str]) -> None:
+    result = cli(stack, *command, "--help")
+    assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_dev_runs_hub_and_agent_and_stops_on_ctrl_c(stack: Stack, tmp_path: Path) -> None:
+    port = str(free_port())
+    env = stack.env(HOME=str(tmp_path))
+    env.pop("CLI_API_TOKEN")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "machine_hub", "dev", "--port", port],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        token_line = wait_until(
+            lambda: next((x for x in lines if x.startswith("token: ")), None), 30, "dev to print a token"
+        )
+        token = token_line.split()[1]
+        assert any(
+            f"curl -s -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/api/machines" in x for x in lines
+        )
+        r = httpx2.get(f"http://127.0.0.1:{port}/api/machines", headers={"Authorization": f"Bearer {token}"})
+        assert len(r.json()["machines"]) == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    with pytest.raises(httpx2.TransportError):
+        httpx2.get(f"http://127.0.0.1:{port}/api/machines", timeout=1)
+    assert not os.path.exists(tmp_path / ".machine-hub" / "redis"), "an external Redis was used, none started"
