@@ -68,14 +68,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise SettingsError(f"{name} must be positive")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: object) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] = os.environ, overrides: Mapping[str, object] | None = None
+    ) -> Settings:
+        """Settings from `environ`; `overrides` (command-line options, None = not given) win."""
         raw: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
             value = environ.get(env_name(field.name))
             if value is None:
                 continue
             raw[field.name] = _parse(field.name, value)
-        raw.update({k: v for k, v in overrides.items() if v is not None})
+        raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
         try:
             return msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:

@@ -8,8 +8,11 @@ from collections.abc import Sequence
 
 def resolve(path: str, home: str) -> str:
     """`~` is the agent user's home and a relative path is taken from that home."""
-    expanded = os.path.join(home, path[2:]) if path.startswith("~/") else home if path == "~" else path
-    return os.path.normpath(os.path.join(home, expanded))
+    if path == "~" or path.startswith("~/"):
+        path = home + path[1:]
+    elif path.startswith("~"):
+        path = os.path.expanduser(path)  # ~user, or left as it is when there is no such user
+    return os.path.normpath(os.path.join(home, path))
 
 
 def inside(path: str, roots: Sequence[str]) -> bool:

@@ -16,9 +16,19 @@ from core.schemas import SpawnRequest, SpawnResult, Worktree
 from core.settings import Settings
 from machine_agent.commands import base_command, build_argv, resolve_executable
 from machine_agent.launcher import Exited, Launcher
-from machine_agent.worktrees import GitWorktree, NotAGitRepo, WorktreeFailed, create_worktree, remove_worktree
+from machine_agent.paths import inside, real_roots, resolve
+from machine_agent.worktrees import (
+    GitWorktree,
+    NotAGitRepo,
+    WorktreeFailed,
+    create_worktree,
+    remove_worktree,
+    repo_root,
+    worktrees_root,
+)
 
 log = logging.getLogger(__name__)
+AGENT_SECRETS = frozenset({"REDIS_URL", "CLI_API_TOKEN"})
 
 
 class SpawnFailure(Exception):
@@ -44,8 +54,10 @@ class Spawner:
         self._settings = settings
         self._home = home
         self._launcher = launcher
-        self._env = dict(os.environ if env is None else env)
+        # Sessions get the agent's environment, less the secrets that let a process act as the agent.
+        self._env = {k: v for k, v in (os.environ if env is None else env).items() if k not in AGENT_SECRETS}
         self._user_home = self._env.get("HOME") or os.path.expanduser("~")
+        self._roots = real_roots(settings.roots, self._user_home)
 
     async def spawn(self, request: SpawnRequest, *, job_id: str, namespace: str, machine_id: str) -> SpawnResult:
         try:
@@ -104,28 +116,22 @@ class Spawner:
         text = raw.strip()
         if not text:
             raise SpawnFailure("directory_not_found", "no directory was given")
-        path = Path(os.path.normpath(self._expand(text)))
-        if self._settings.roots:
-            real = os.path.realpath(path)
-            roots = [os.path.realpath(self._expand(root)) for root in self._settings.roots]
-            if not any(_inside(real, root) for root in roots):
-                raise SpawnFailure(
-                    "directory_outside_roots",
-                    f"{path} is outside the directories this machine allows sessions in: {', '.join(roots)}",
-                )
+        path = Path(resolve(text, self._user_home))
+        self._require_inside_roots(path)
         return path
 
-    def _expand(self, text: str) -> str:
-        # `~` means the agent's own HOME, which may differ from the HOME of whoever runs this code.
-        if text == "~" or text.startswith("~/"):
-            text = self._user_home + text[1:]
-        elif text.startswith("~"):
-            text = os.path.expanduser(text)
-        return os.path.join(self._user_home, text)
+    def _require_inside_roots(self, path: Path) -> None:
+        if not inside(str(path), self._roots):
+            raise SpawnFailure(
+                "directory_outside_roots",
+                f"{path} is outside the directories this machine allows sessions in: {', '.join(self._roots)}",
+            )
 
     async def _worktree(self, directory: Path, name: str) -> GitWorktree:
         _require_directory(directory)
         try:
+            # The worktree goes beside the repository, which may lie outside the allowed roots.
+            self._require_inside_roots(worktrees_root(await repo_root(directory, env=self._env)))
             prefix = self._settings.worktree_branch_prefix
             return await create_worktree(directory, name, branch_prefix=prefix, env=self._env)
         except NotAGitRepo as exc:
@@ -185,7 +191,3 @@ def _require_directory(directory: Path) -> None:
         raise SpawnFailure("directory_not_found", f"{directory} does not exist")
     if not directory.is_dir():
         raise SpawnFailure("not_a_directory", f"{directory} exists but is not a directory")
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or os.path.commonpath([path, root]) == root

@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 def _settings(**overrides: object) -> Settings:
     try:
-        return Settings.from_env(**overrides)
+        return Settings.from_env(overrides=overrides)
     except MachineHubError as exc:
         raise click.ClickException(str(exc)) from None
 

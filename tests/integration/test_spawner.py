@@ -445,3 +445,23 @@ async def test_cancelled_spawn_kills_the_session_and_removes_its_worktree(
     await _gone(launcher, record["pid"])
     assert not (repo.parent / "proj-worktrees" / "cancelled").exists()
     assert not _branch_exists(env, repo, "mh-cancelled")
+
+
+async def test_a_repository_whose_worktree_folder_is_outside_the_roots_is_refused(
+    make_spawner: MakeSpawner, repo: Path, tmp_path: Path
+) -> None:
+    spawner = make_spawner(roots=(str(repo),))
+    result = await _spawn(spawner, directory=str(repo), session_type="worktree", worktree_name="x")
+    assert (result.success, result.code) == (False, "directory_outside_roots"), result
+    assert not (tmp_path / "work" / "proj-worktrees").exists()
+
+
+async def test_sessions_do_not_inherit_the_agents_secrets(
+    make_spawner: MakeSpawner, tmp_path: Path, cli_log: Path
+) -> None:
+    spawner = make_spawner({"REDIS_URL": "redis://:pw@r/0", "CLI_API_TOKEN": "secret", "KEEP_ME": "1"})
+    result = await _spawn(spawner, directory=str(tmp_path))
+    assert result.success
+    (record,) = await _records(cli_log)
+    assert "KEEP_ME" in record["env_names"]
+    assert "REDIS_URL" not in record["env_names"] and "CLI_API_TOKEN" not in record["env_names"]
