@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import uuid
 from dataclasses import dataclass
 
 from api.inbox import Inbox
 from core.errors import IdempotencyMismatch
+from core.names import new_job_id
 from core.queue import JobQueue, JobStatus
 from core.schemas import FINAL_STATES, JobKind, JobState, Reply
 from core.settings import Settings
@@ -58,7 +58,7 @@ class Dispatcher:
     async def submit(
         self, ns: str, machine_id: str, spec: JobSpec, *, idempotency_digest: str = "", fingerprint: str = ""
     ) -> Outcome:
-        job_id = uuid.uuid4().hex
+        job_id = new_job_id(machine_id)
         async with self.inbox.expect(ns, machine_id, job_id) as future:
             enq = await self.queue.enqueue(
                 ns,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
+import logging
+
+from redis import exceptions as redis_errors
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from core import errors
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")
 
 STATUS: dict[type[errors.RequestError], int] = {
     errors.MissingToken: 401,
@@ -45,8 +50,11 @@ async def request_error(request: Request, exc: Exception) -> Response:
 
 
 async def redis_error(request: Request, exc: Exception) -> Response:
-    # Unreachable, stalled, loading or out of memory: the hub cannot serve, and says so at once.
-    return error_response(errors.HubNotConnected())
+    # Unreachable, stalled, loading, read-only or out of memory: the hub cannot serve right now.
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError) or str(exc).startswith(UNAVAILABLE):
+        return error_response(errors.HubNotConnected())
+    log.error("Redis refused a command: %s", exc, exc_info=exc)
+    return JSONResponse({"error": "Internal error"}, status_code=500)
 
 
-EXCEPTION_HANDLERS = {errors.RequestError: request_error, RedisError: redis_error}
+EXCEPTION_HANDLERS = {errors.RequestError: request_error, redis_errors.RedisError: redis_error}

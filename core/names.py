@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MACHINE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -25,3 +26,16 @@ def worktree_slug(name: str) -> str:
     valid prefix it is always a legal git branch name; an empty result means "unusable".
     """
     return _NOT_SLUG.sub("-", name.strip().lower())[:MAX_SLUG].strip("-")
+
+
+def new_job_id(machine_id: str) -> str:
+    """`<machine id>.<32 hex>`: any hub can find a job's keys from its id alone."""
+    return f"{machine_id}.{uuid.uuid4().hex}"
+
+
+def job_machine(job_id: str) -> str | None:
+    """The machine id inside a job id, or None when the id is malformed."""
+    machine_id, dot, tail = job_id.rpartition(".")
+    if not dot or len(tail) != 32 or not all(c in "0123456789abcdef" for c in tail):
+        return None
+    return machine_id if valid_machine_id(machine_id) else None

@@ -58,6 +58,7 @@ class JobQueue:
         self._claim = redis.register_script(scripts.CLAIM)
         self._complete = redis.register_script(scripts.COMPLETE)
         self._abandon = redis.register_script(scripts.ABANDON)
+        self._recover = redis.register_script(scripts.RECOVER)
 
     async def enqueue(
         self,
@@ -94,6 +95,7 @@ class JobQueue:
                 idempotency_ttl_ms,
                 machine_id,
                 offline_result,
+                idempotency_digest,
             ],
         )
         status = _s(out[0])
@@ -127,7 +129,9 @@ class JobQueue:
         out = await self._claim(keys=[self.keys.job(ns, machine_id, job_id)], args=[instance])
         if _s(out[0]) != "claimed":
             return None
-        return ClaimedJob(job_id=job_id, kind=JobKind(_s(out[1])), args=msgspec.Raw(bytes(out[2])))
+        return ClaimedJob(
+            job_id=job_id, kind=JobKind(_s(out[1])), args=msgspec.Raw(bytes(out[2])), idempotency=_s(out[3])
+        )
 
     async def complete(
         self, ns: str, machine_id: str, job_id: str, instance: str, state: JobState, result: bytes
@@ -138,6 +142,20 @@ class JobQueue:
             keys=[k.job(ns, machine_id, job_id), k.waiters(ns, machine_id, job_id)],
             args=[instance, state.value, result],
         )
+        return await self._notify(out, machine_id, job_id, state, result)
+
+    async def recover(
+        self, ns: str, machine_id: str, job_id: str, old_instance: str, instance: str, state: JobState, result: bytes
+    ) -> bool:
+        """Finish a job an earlier, now gone, instance of this agent claimed."""
+        k = self.keys
+        out = await self._recover(
+            keys=[k.job(ns, machine_id, job_id), k.waiters(ns, machine_id, job_id), k.heartbeat(ns, machine_id)],
+            args=[old_instance, instance, state.value, result],
+        )
+        return await self._notify(out, machine_id, job_id, state, result)
+
+    async def _notify(self, out: list[Any], machine_id: str, job_id: str, state: JobState, result: bytes) -> bool:
         if _s(out[0]) != "done":
             return False
         reply = _reply_encoder.encode(
@@ -150,6 +168,11 @@ class JobQueue:
                 pipe.pexpire(inbox, INBOX_TTL_MS)
             await pipe.execute()
         return True
+
+    async def job(self, ns: str, machine_id: str, job_id: str) -> dict[str, bytes] | None:
+        """The job's record as stored, or None when there is none (never was, or expired)."""
+        raw = await self.redis.hgetall(self.keys.job(ns, machine_id, job_id))
+        return {_s(key): value for key, value in raw.items()} or None
 
     async def pop_mailbox(self, blocking: Redis, ns: str, machine_id: str, timeout_s: float, count: int) -> list[str]:
         """Wait up to timeout_s for job ids on the machine's mailbox (oldest first)."""

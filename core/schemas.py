@@ -85,11 +85,12 @@ class PathsResult(Message):
 
 
 class ClaimedJob(Message):
-    """A job the agent claimed: its kind and its still-encoded arguments."""
+    """A job the agent claimed: its kind, its still-encoded arguments, its Idempotency-Key digest."""
 
     job_id: str
     kind: JobKind
     args: msgspec.Raw
+    idempotency: str = ""
 
 
 class Reply(Message):

@@ -14,7 +14,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS: heartbeat, mailbox, job, idempotency
 # ARGV: job id, kind, args, reply inbox, claim timeout ms, timeout ms, retention ms,
-#       idempotency record ('' for none), idempotency ttl ms, machine id, offline result
+#       idempotency record ('' for none), idempotency ttl ms, machine id, offline result,
+#       idempotency key digest ('' for none)
 ENQUEUE = (
     NOW
     + """
@@ -33,7 +34,7 @@ local claim_by = now + tonumber(ARGV[5])
 local deadline = now + tonumber(ARGV[6])
 redis.call('HSET', KEYS[3], 'kind', ARGV[2], 'machineId', ARGV[10], 'args', ARGV[3],
   'state', 'queued', 'replyTo', ARGV[4], 'createdMs', now, 'claimBy', claim_by,
-  'deadlineMs', deadline)
+  'deadlineMs', deadline, 'idempotency', ARGV[12])
 redis.call('PEXPIRE', KEYS[3], ARGV[7])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[6]) then
@@ -64,7 +65,7 @@ return {f[1], f[2] or '', now, f[3] or '0', f[4] or '0'}
 CLAIM = (
     NOW
     + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'claimBy', 'kind', 'args')
+local f = redis.call('HMGET', KEYS[1], 'state', 'claimBy', 'kind', 'args', 'idempotency')
 if not f[1] then return {'missing'} end
 if f[1] ~= 'queued' then return {'taken', f[1]} end
 if now > tonumber(f[2]) then
@@ -72,7 +73,7 @@ if now > tonumber(f[2]) then
   return {'late'}
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'claimedBy', ARGV[1], 'claimedMs', now)
-return {'claimed', f[3], f[4]}
+return {'claimed', f[3], f[4], f[5] or ''}
 """
 )
 
@@ -85,6 +86,24 @@ local f = redis.call('HMGET', KEYS[1], 'state', 'claimedBy', 'replyTo')
 if not f[1] then return {'missing'} end
 if f[2] ~= ARGV[1] or (f[1] ~= 'running' and f[1] ~= 'unknown') then return {'stale', f[1]} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'finishedMs', now)
+local out = {'done', f[3]}
+for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
+redis.call('DEL', KEYS[2])
+return out
+"""
+)
+
+# KEYS: job, waiters, heartbeat. ARGV: previous instance, this instance, final state, result.
+# The one way a restarted agent may finish a job its previous incarnation claimed: only when
+# that instance claimed it and no longer holds the machine's heartbeat.
+RECOVER = (
+    NOW
+    + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'claimedBy', 'replyTo')
+if not f[1] then return {'missing'} end
+if f[2] ~= ARGV[1] or (f[1] ~= 'running' and f[1] ~= 'unknown') then return {'stale', f[1]} end
+if redis.call('HGET', KEYS[3], 'instance') == ARGV[1] then return {'alive'} end
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4], 'finishedMs', now, 'recoveredBy', ARGV[2])
 local out = {'done', f[3]}
 for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
 redis.call('DEL', KEYS[2])

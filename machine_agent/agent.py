@@ -93,6 +93,7 @@ class Agent:
         await self.launcher.close()
         await self.redis.aclose()
         await self.blocking.aclose()
+        log.info("machine %s stopped", self.machine_id)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -76,13 +76,15 @@ def test_machine_id_in_another_namespace_refuses_to_start(stack: Stack, machine_
 
 def test_agent_keeps_the_id_it_made(stack: Stack, tmp_path: Path) -> None:
     home = tmp_path / "agent-home"
+    log = tmp_path / "agent.log"
     args = ["agent", "--namespace", "solo", "--home", str(home)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "machine_hub", *args],
-        env=stack.env(HOME=str(tmp_path)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "machine_hub", *args],
+            env=stack.env(HOME=str(tmp_path)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         machine_id = wait_until(
             lambda: (home / "machine-id").exists() and (home / "machine-id").read_text().strip(),
@@ -90,9 +92,15 @@ def test_agent_keeps_the_id_it_made(stack: Stack, tmp_path: Path) -> None:
         )
         assert re.fullmatch(r"machine_[0-9a-f]{16}", machine_id)
         stack.wait_online("solo", machine_id)
-    finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        try:
+            assert proc.wait(20) == 0, log.read_text()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"agent did not stop on SIGTERM:\n{log.read_text()}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert not stack.redis.exists(stack.keys.heartbeat("solo", machine_id)), "a clean stop deletes the heartbeat"
 
 

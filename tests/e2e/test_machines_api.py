@@ -23,6 +23,18 @@ def test_list_shows_the_agent_with_metadata_on_every_hub(stack: Stack, machine_i
         assert isinstance(mine[0]["lastSeen"], int) and mine[0]["lastSeen"] > 1_600_000_000_000
 
 
+def test_two_hubs_answer_the_same_requests_identically(stack: Stack, machine_id: str, tmp_path: Path) -> None:
+    stack.start_agent(machine_id)
+    lists = [httpx2.get(f"{hub.url}/api/machines", headers=stack.auth()).json() for hub in stack.hubs]
+    assert lists[0] == lists[1] or [m["id"] for m in lists[0]["machines"]] == [m["id"] for m in lists[1]["machines"]]
+    body = {"paths": [str(tmp_path), f"{tmp_path}/nope"]}
+    answers = [
+        httpx2.post(f"{hub.url}/api/machines/{machine_id}/paths/exists", headers=stack.auth(), json=body).json()
+        for hub in stack.hubs
+    ]
+    assert answers[0] == answers[1] == {"exists": {str(tmp_path): True, f"{tmp_path}/nope": False}}
+
+
 def test_paths_exists_checks_on_the_machine(stack: Stack, machine_id: str, tmp_path: Path) -> None:
     stack.start_agent(machine_id)
     (tmp_path / "file").write_text("x")

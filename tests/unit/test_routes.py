@@ -164,7 +164,7 @@ def test_unclaimed_spawn_is_not_started_and_can_never_run(
     register(sync_redis, keys, "default", "m1", online=True)
     r = client.post("/api/machines/m1/spawn", headers=AUTH, json={"directory": "/x"})
     body = r.json()
-    assert body["code"] == "not_started"
+    assert body.get("code") == "not_started", body
     assert sync_redis.hget(keys.job("default", "m1", body["jobId"]), "state") == b"expired"
 
 
@@ -194,3 +194,11 @@ def test_same_idempotency_key_other_body_is_422(
     r = client.post("/api/machines/m1/spawn", headers=headers, json={"directory": "/y"})
     assert r.status_code == 422
     assert sync_redis.llen(keys.mailbox("default", "m1")) <= 1
+
+
+def test_a_redis_error_that_is_not_an_outage_is_a_logged_500(
+    client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys
+) -> None:
+    sync_redis.set(keys.machines("default"), "not a set")
+    r = client.get("/api/machines", headers=AUTH)
+    assert r.status_code == 500 and r.json() == {"error": "Internal error"}
