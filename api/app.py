@@ -50,6 +50,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None, blocking: Redi
             Route("/api/machines", routes.list_machines, methods=["GET"]),
             Route("/api/machines/{machine_id}/spawn", routes.spawn, methods=["POST"]),
             Route("/api/machines/{machine_id}/paths/exists", routes.paths_exists, methods=["POST"]),
+            Route("/api/jobs/{job_id}", routes.get_job, methods=["GET"]),
         ],
         middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
         exception_handlers=EXCEPTION_HANDLERS,

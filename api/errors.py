@@ -18,6 +18,7 @@ STATUS: dict[type[errors.RequestError], int] = {
     errors.InvalidToken: 401,
     errors.HubNotConnected: 503,
     errors.MachineNotFound: 404,
+    errors.JobNotFound: 404,
     errors.AccessDenied: 403,
     errors.InvalidBody: 400,
     errors.InvalidHeader: 400,

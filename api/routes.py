@@ -11,13 +11,23 @@ from starlette.responses import Response
 
 from api.dispatch import JobSpec, Outcome, Verdict
 from api.hub import Hub, hub_of
-from core.errors import AccessDenied, InvalidBody, InvalidHeader, MachineNotFound, PathCheckFailed
-from core.names import valid_machine_id, worktree_slug
+from core.errors import (
+    AccessDenied,
+    InvalidBody,
+    InvalidHeader,
+    JobNotFound,
+    MachineNotFound,
+    PathCheckFailed,
+    RequestError,
+)
+from core.names import job_machine, valid_machine_id, worktree_slug
 from core.registry import Ownership
 from core.schemas import (
     MAX_PATH_BYTES,
+    MAX_PROMPT_BYTES,
     JobKind,
     JobState,
+    JobView,
     MachineList,
     PathsRequest,
     PathsResult,
@@ -48,12 +58,44 @@ async def list_machines(request: Request) -> Response:
 async def _machine(hub: Hub, request: Request) -> tuple[str, str]:
     ns = await hub.authenticate(request)
     machine_id: str = request.path_params["machine_id"]
-    ownership = await hub.registry.ownership(ns, machine_id) if valid_machine_id(machine_id) else Ownership.UNKNOWN
+    await _check_owner(hub, ns, machine_id if valid_machine_id(machine_id) else None, MachineNotFound)
+    return ns, machine_id
+
+
+async def _check_owner(hub: Hub, ns: str, machine_id: str | None, missing: type[RequestError]) -> None:
+    ownership = Ownership.UNKNOWN if machine_id is None else await hub.registry.ownership(ns, machine_id)
     if ownership is Ownership.UNKNOWN:
-        raise MachineNotFound()
+        raise missing()
     if ownership is Ownership.FOREIGN:
         raise AccessDenied()
-    return ns, machine_id
+
+
+async def get_job(request: Request) -> Response:
+    hub = hub_of(request)
+    ns = await hub.authenticate(request)
+    job_id: str = request.path_params["job_id"]
+    machine_id = job_machine(job_id)
+    await _check_owner(hub, ns, machine_id, JobNotFound)
+    assert machine_id is not None
+    record = await hub.queue.job(ns, machine_id, job_id)
+    if record is None:
+        raise JobNotFound()
+    return json_response(
+        JobView(
+            id=job_id,
+            kind=JobKind(record["kind"].decode()),
+            machine_id=machine_id,
+            state=JobState(record["state"].decode()),
+            created_at=_int(record.get("createdMs")),
+            claimed_at=_int(record.get("claimedMs")),
+            finished_at=_int(record.get("finishedMs")),
+            result=msgspec.Raw(record["result"]) if record.get("result") else None,
+        )
+    )
+
+
+def _int(value: bytes | None) -> int | None:
+    return None if value is None else int(value)
 
 
 async def _decode(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
@@ -87,6 +129,8 @@ async def spawn(request: Request) -> Response:
             raise InvalidBody("worktreeName is required when sessionType is worktree - at `$.worktreeName`")
         if not worktree_slug(body.worktree_name):
             raise InvalidBody("worktreeName yields no usable branch name (use letters or digits) - at `$.worktreeName`")
+    if body.prompt is not None and len(body.prompt.encode()) > MAX_PROMPT_BYTES:
+        raise InvalidBody(f"prompt is longer than {MAX_PROMPT_BYTES} bytes - at `$.prompt`")
     args = _encoder.encode(msgspec.structs.replace(body, directory=directory))
     digest, fingerprint = _idempotency(request, args)
     settings = hub.settings

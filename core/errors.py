@@ -8,6 +8,7 @@
         ├── InvalidToken       401
         ├── HubNotConnected    503 (Redis unreachable)
         ├── MachineNotFound    404
+        ├── JobNotFound        404
         ├── AccessDenied       403
         ├── InvalidBody        400
         ├── InvalidHeader      400
@@ -58,6 +59,10 @@ class HubNotConnected(RequestError):
 
 class MachineNotFound(RequestError):
     message = "Machine not found"
+
+
+class JobNotFound(RequestError):
+    message = "Job not found"
 
 
 class AccessDenied(RequestError):

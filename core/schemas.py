@@ -15,6 +15,7 @@ AgentName = Literal["claude", "codex", "cursor", "gemini", "opencode"]
 SessionType = Literal["simple", "worktree"]
 MAX_PATHS = 1000
 MAX_PATH_BYTES = 4096
+MAX_PROMPT_BYTES = 100 * 1024
 
 
 class JobKind(enum.StrEnum):
@@ -47,6 +48,8 @@ class SpawnRequest(Message):
     yolo: bool = False
     session_type: SessionType = "simple"
     worktree_name: str | None = None
+    prompt: str | None = None
+    reuse_worktree: bool = False
 
 
 class PathsRequest(Message):
@@ -100,6 +103,19 @@ class Reply(Message):
     machine_id: str
     state: JobState
     result: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class JobView(Message, omit_defaults=False):
+    """GET /api/jobs/:jobId. Times are Redis-clock epoch milliseconds."""
+
+    id: str
+    kind: JobKind
+    machine_id: str
+    state: JobState
+    created_at: int | None
+    claimed_at: int | None
+    finished_at: int | None
+    result: msgspec.Raw | None
 
 
 class MachineMetadata(Message, omit_defaults=False):

@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     spawn_settle_s: float = 1.0
     worktree_branch_prefix: str = "mh-"
     max_concurrent_jobs: int = 64
+    session_stop_grace_s: float = 5.0
+    # Test hook: the agent SIGKILLs itself at this point of a spawn (after_claim, after_intent,
+    # after_spawn, before_complete) so tests can prove what a crash there leaves behind.
+    failpoint: str = ""
 
     def __post_init__(self) -> None:
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:

@@ -23,13 +23,22 @@ from core.connections import blocking_client, request_client
 from core.keys import Keys
 from core.queue import JobQueue
 from core.registry import Registry
+from core.schemas import JobKind
 from core.settings import Settings
 from machine_agent import identity
-from machine_agent.executor import Executor
+from machine_agent.executor import Executor, failpoint
+from machine_agent.journal import Entry, Event, Journal, now_ms
 from machine_agent.launcher import Launcher
+from machine_agent.recovery import recover
 from machine_agent.spawner import Spawner
 
 log = logging.getLogger(__name__)
+
+
+def session_running(session_id: str) -> bool:
+    return False  # replaced by the session store's process lookup
+
+
 SHUTDOWN_GRACE_S = 10.0
 
 
@@ -47,7 +56,17 @@ class Agent:
         self.launcher = Launcher()
         self.metadata = identity.encoded_metadata("pty")
         spawner = Spawner(settings, home=home, launcher=self.launcher, env=env)
-        self.executor = Executor(settings, spawner, namespace=self.ns, machine_id=machine_id, env=env)
+        self.journal = Journal(home, retention_s=settings.idempotency_ttl_s)
+        self.executor = Executor(
+            settings,
+            spawner,
+            self.journal,
+            namespace=self.ns,
+            machine_id=machine_id,
+            instance=self.instance,
+            env=env,
+            session_running=session_running,
+        )
         self.should_exit = asyncio.Event()
         self.ready = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()
@@ -69,6 +88,15 @@ class Agent:
         await self.registry.register(self.ns, self.machine_id, identity.metadata("pty"))
         await self._beat()
         log.info("machine %s online in namespace %s (instance %s)", self.machine_id, self.ns, self.instance)
+        # Only after our heartbeat replaced the old instance's may we settle what it left open.
+        await recover(
+            self.journal,
+            self.queue,
+            ns=self.ns,
+            machine_id=self.machine_id,
+            instance=self.instance,
+            session_running=session_running,
+        )
         self.ready.set()
 
     async def _beat(self) -> None:
@@ -91,6 +119,7 @@ class Agent:
         with contextlib.suppress(RedisError, OSError):
             await self.registry.release(self.ns, self.machine_id, self.instance)
         await self.launcher.close()
+        self.journal.close()
         await self.redis.aclose()
         await self.blocking.aclose()
         log.info("machine %s stopped", self.machine_id)
@@ -130,11 +159,24 @@ class Agent:
                 job = await self.queue.claim(self.ns, self.machine_id, job_id, self.instance)
                 if job is None:
                     return  # past its deadline or already taken: never run it
+                spawn = job.kind is JobKind.SPAWN
+                if spawn:
+                    self._journal(Event.CLAIMED, job_id)
+                    failpoint(self.settings, "after_claim")
                 state, result = await self.executor.run(job)
+                if spawn:
+                    failpoint(self.settings, "before_complete")
                 if not await self.queue.complete(self.ns, self.machine_id, job_id, self.instance, state, result):
                     log.warning("job %s: result refused (another instance owns it now)", job_id)
+                if spawn:
+                    self._journal(Event.REPORTED, job_id)
             except RedisError as exc:
                 log.warning("job %s: Redis failed: %s", job_id, exc)
+
+    def _journal(self, event: Event, job_id: str) -> None:
+        # Not fsynced: losing these to a power cut only makes a report less precise ("unknown").
+        entry = Entry(event=event, job_id=job_id, instance=self.instance, at_ms=now_ms())
+        self.journal.record(entry, durable=False)
 
     async def _retry_until_stopped(self, step: Callable[[], Awaitable[None]], what: str) -> None:
         backoff = 0.05

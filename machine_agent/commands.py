@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from core.schemas import AgentName
 
@@ -30,6 +30,17 @@ YOLO_FLAGS: Mapping[AgentName, tuple[str, ...]] = {
 }
 
 
+# How each CLI takes a first message in interactive mode. The `--` or `--opt=value` forms keep a
+# prompt that starts with "-" from being read as an option.
+PROMPT_ARGS: Mapping[AgentName, Callable[[str], list[str]]] = {
+    "claude": lambda p: ["--", p],
+    "codex": lambda p: ["--", p],
+    "cursor": lambda p: ["--", p],
+    "gemini": lambda p: [f"--prompt-interactive={p}"],
+    "opencode": lambda p: [f"--prompt={p}"],
+}
+
+
 def base_command(agent: AgentName, overrides: Mapping[str, list[str]]) -> list[str]:
     """The command words before any flag: the override for `agent` if set, else the default.
 
@@ -48,8 +59,9 @@ def build_argv(
     model: str | None,
     session_id: str,
     overrides: Mapping[str, list[str]],
+    prompt: str | None = None,
 ) -> list[str]:
-    """The full argv of a session of `agent`."""
+    """The full argv of a session of `agent`; `prompt` becomes its first message."""
     argv = base_command(agent, overrides)
     if yolo:
         argv.extend(YOLO_FLAGS[agent])
@@ -58,6 +70,8 @@ def build_argv(
         argv.extend(["--session-id", session_id])
     if model and model.strip():
         argv.extend(["--model", model.strip()])
+    if prompt:
+        argv.extend(PROMPT_ARGS[agent](prompt))
     return argv
 
 

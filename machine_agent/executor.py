@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+import signal
+import uuid
+from collections.abc import Callable, Mapping
 
 import msgspec
 
 from core.schemas import ClaimedJob, JobKind, JobState, PathsRequest, PathsResult, SpawnRequest, SpawnResult
 from core.settings import Settings
+from machine_agent.journal import Entry, Event, Journal, now_ms
 from machine_agent.paths import check_paths, real_roots
+from machine_agent.recovery import outcome
 from machine_agent.spawner import Spawner
 
 log = logging.getLogger(__name__)
@@ -22,11 +26,24 @@ _paths_args = msgspec.json.Decoder(PathsRequest)
 
 class Executor:
     def __init__(
-        self, settings: Settings, spawner: Spawner, *, namespace: str, machine_id: str, env: Mapping[str, str]
+        self,
+        settings: Settings,
+        spawner: Spawner,
+        journal: Journal,
+        *,
+        namespace: str,
+        machine_id: str,
+        instance: str,
+        env: Mapping[str, str],
+        session_running: Callable[[str], bool],
     ) -> None:
+        self.session_running = session_running
+        self.settings = settings
         self.spawner = spawner
+        self.journal = journal
         self.namespace = namespace
         self.machine_id = machine_id
+        self.instance = instance
         self.home = env.get("HOME") or os.path.expanduser("~")
         self.roots = real_roots(settings.roots, self.home)
 
@@ -50,13 +67,46 @@ class Executor:
 
     async def _spawn(self, job: ClaimedJob) -> tuple[JobState, bytes]:
         request = _spawn_args.decode(job.args)
+        earlier = self.journal.by_idempotency.get(job.idempotency) if job.idempotency else None
+        if earlier is not None and earlier.job_id != job.job_id:
+            # Redis forgot this Idempotency-Key (data loss), the journal did not: never start twice.
+            result = outcome(earlier, self.session_running)
+            return _state(result), _encoder.encode(result)
+        session_id = str(uuid.uuid4())
+        self._log(Event.INTENT, job, session_id=session_id)
+        failpoint(self.settings, "after_intent")
         result = await self.spawner.spawn(
-            request, job_id=job.job_id, namespace=self.namespace, machine_id=self.machine_id
+            request, job_id=job.job_id, namespace=self.namespace, machine_id=self.machine_id, session_id=session_id
         )
-        return (JobState.SUCCEEDED if result.success else JobState.FAILED), _encoder.encode(result)
+        failpoint(self.settings, "after_spawn")
+        encoded = _encoder.encode(result)
+        self._log(Event.FINISHED, job, session_id=session_id, result=encoded)
+        return _state(result), encoded
+
+    def _log(self, event: Event, job: ClaimedJob, *, session_id: str = "", result: bytes | None = None) -> None:
+        entry = Entry(
+            event=event,
+            job_id=job.job_id,
+            instance=self.instance,
+            at_ms=now_ms(),
+            idempotency=job.idempotency,
+            session_id=session_id,
+            result=None if result is None else msgspec.Raw(result),
+        )
+        self.journal.record(entry, durable=True)
 
     @staticmethod
     def _failure(kind: JobKind, error: str, code: str) -> bytes:
         if kind is JobKind.PATHS:
             return _encoder.encode(PathsResult(error=error, code=code))
         return _encoder.encode(SpawnResult(success=False, error=error, code=code))
+
+
+def _state(result: SpawnResult) -> JobState:
+    return JobState.SUCCEEDED if result.success else JobState.FAILED
+
+
+def failpoint(settings: Settings, name: str) -> None:
+    """Test hook (MACHINE_HUB_FAILPOINT): die here as a crash would, leaving everything as it is."""
+    if settings.failpoint == name:
+        os.kill(os.getpid(), signal.SIGKILL)

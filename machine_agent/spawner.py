@@ -59,16 +59,23 @@ class Spawner:
         self._user_home = self._env.get("HOME") or os.path.expanduser("~")
         self._roots = real_roots(settings.roots, self._user_home)
 
-    async def spawn(self, request: SpawnRequest, *, job_id: str, namespace: str, machine_id: str) -> SpawnResult:
+    async def spawn(
+        self, request: SpawnRequest, *, job_id: str, namespace: str, machine_id: str, session_id: str = ""
+    ) -> SpawnResult:
+        """Start the session; `session_id` lets the caller journal the id before the start."""
+        session_id = session_id or str(uuid.uuid4())
         try:
-            return await self._spawn(request, job_id=job_id, namespace=namespace, machine_id=machine_id)
+            return await self._spawn(
+                request, job_id=job_id, namespace=namespace, machine_id=machine_id, session_id=session_id
+            )
         except SpawnFailure as failure:
             log.info("spawn job %s failed (%s): %s", job_id, failure.code, failure.error)
             return SpawnResult(success=False, error=failure.error, code=failure.code)
 
-    async def _spawn(self, request: SpawnRequest, *, job_id: str, namespace: str, machine_id: str) -> SpawnResult:
+    async def _spawn(
+        self, request: SpawnRequest, *, job_id: str, namespace: str, machine_id: str, session_id: str
+    ) -> SpawnResult:
         directory = self._directory(request.directory)
-        session_id = str(uuid.uuid4())
         env = self._env | {
             "MACHINE_HUB_SESSION_ID": session_id,
             "MACHINE_HUB_JOB_ID": job_id,
@@ -90,13 +97,14 @@ class Spawner:
             model=request.model,
             session_id=session_id,
             overrides=self._settings.agent_commands,
+            prompt=request.prompt,
         )
         if request.session_type == "simple":
             created = _ensure_directory(directory)
             await self._launch(argv, executable, directory, env, session_id)
             return SpawnResult(success=True, session_id=session_id, directory_created=created)
 
-        worktree = await self._worktree(directory, request.worktree_name or "")
+        worktree = await self._worktree(directory, request.worktree_name or "", reuse=request.reuse_worktree)
         env |= {
             "MACHINE_HUB_WORKTREE_PATH": str(worktree.path),
             "MACHINE_HUB_WORKTREE_BRANCH": worktree.branch,
@@ -105,8 +113,9 @@ class Spawner:
         try:
             await self._launch(argv, executable, worktree.path, env, session_id)
         except BaseException:
-            # The session never started, so nobody will use or clean up this worktree.
-            await remove_worktree(worktree, env=self._env)
+            # The session never started, so nobody will use or clean up a worktree made for it.
+            if not worktree.reused:
+                await remove_worktree(worktree, env=self._env)
             raise
         wire = Worktree(path=str(worktree.path), branch=worktree.branch, base_path=str(worktree.base_path))
         return SpawnResult(success=True, session_id=session_id, worktree=wire)
@@ -127,13 +136,13 @@ class Spawner:
                 f"{path} is outside the directories this machine allows sessions in: {', '.join(self._roots)}",
             )
 
-    async def _worktree(self, directory: Path, name: str) -> GitWorktree:
+    async def _worktree(self, directory: Path, name: str, *, reuse: bool) -> GitWorktree:
         _require_directory(directory)
         try:
             # The worktree goes beside the repository, which may lie outside the allowed roots.
             self._require_inside_roots(worktrees_root(await repo_root(directory, env=self._env)))
             prefix = self._settings.worktree_branch_prefix
-            return await create_worktree(directory, name, branch_prefix=prefix, env=self._env)
+            return await create_worktree(directory, name, branch_prefix=prefix, reuse=reuse, env=self._env)
         except NotAGitRepo as exc:
             raise SpawnFailure("not_a_git_repo", str(exc)) from exc
         except WorktreeFailed as exc:

@@ -39,6 +39,7 @@ class GitWorktree:
     path: Path
     branch: str
     base_path: Path  # the root of the repository the worktree belongs to
+    reused: bool = False  # an existing worktree: never removed by us
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,22 @@ async def create_worktree(
     name: str,
     *,
     branch_prefix: str,
+    reuse: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> GitWorktree:
-    """Make a worktree named after `name` for the repository holding `directory`."""
+    """Make a worktree named after `name` for the repository holding `directory`.
+
+    With `reuse`, a worktree of that repository already at the name's path is used as it is.
+    """
     slug = worktree_slug(name)
     if not slug:
         raise WorktreeFailed(f"worktree name {name!r} has no letters or digits to name a worktree with")
     repo = await repo_root(directory, env=env)
     root = worktrees_root(repo)
+    if reuse:
+        existing = (await list_worktrees(repo, env=env)).get(root / slug)
+        if existing is not None:
+            return existing
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -120,6 +129,18 @@ async def create_worktree(
     if result.code != 0:
         raise WorktreeFailed(f"git worktree add failed: {result.reason}")
     return GitWorktree(path=path, branch=branch, base_path=repo)
+
+
+async def list_worktrees(repo: Path, *, env: Mapping[str, str] | None = None) -> dict[Path, GitWorktree]:
+    """The repository's linked worktrees by path, from `git worktree list --porcelain`."""
+    result = await git("-C", str(repo), "worktree", "list", "--porcelain", env=env)
+    found: dict[Path, GitWorktree] = {}
+    for block in result.out.split("\n\n") if result.code == 0 else []:
+        fields = dict(line.partition(" ")[::2] for line in block.splitlines())
+        if "worktree" in fields and fields.get("branch", "").startswith("refs/heads/"):
+            path = Path(fields["worktree"])
+            found[path] = GitWorktree(path, fields["branch"].removeprefix("refs/heads/"), repo, reused=True)
+    return found
 
 
 async def remove_worktree(worktree: GitWorktree, *, env: Mapping[str, str] | None = None) -> bool:
