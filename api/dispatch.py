@@ -25,6 +25,7 @@ class Verdict(enum.Enum):
     OFFLINE = "offline"  # no live heartbeat: nothing was queued
     NOT_STARTED = "not_started"  # abandoned before any agent claimed it; it will never run
     UNKNOWN = "unknown"  # claimed, but no answer by the deadline
+    UNREGISTERED = "unregistered"  # the caller's namespace has no such machine: nothing was queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,8 @@ class Dispatcher:
             )
             if enq.status == "offline":
                 return Outcome(job_id, Verdict.OFFLINE)
+            if enq.status == "unknown":
+                return Outcome(job_id, Verdict.UNREGISTERED)
             if enq.status == "queued":
                 return await self._wait(
                     ns,

@@ -97,3 +97,5 @@ class Inbox:
                 for future in self._waiters.get(reply.job_id, ()):
                     if not future.done():
                         future.set_result(reply)
+            # Let the resolved requests answer before this task sends its next pop.
+            await asyncio.sleep(0)

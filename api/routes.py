@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
@@ -55,11 +56,34 @@ async def list_machines(request: Request) -> Response:
     return json_response(MachineList(machines=await hub.registry.online(ns)))
 
 
-async def _machine(hub: Hub, request: Request) -> tuple[str, str]:
+async def _target(hub: Hub, request: Request) -> tuple[str, str]:
+    """The caller's namespace and the machine the path names (its existence is checked later)."""
     ns = await hub.authenticate(request)
     machine_id: str = request.path_params["machine_id"]
-    await _check_owner(hub, ns, machine_id if valid_machine_id(machine_id) else None, MachineNotFound)
+    if not valid_machine_id(machine_id):
+        raise MachineNotFound()
     return ns, machine_id
+
+
+async def _parse(hub: Hub, request: Request, ns: str, machine_id: str, parse: Callable[[bytes], T]) -> T:
+    """Decode and check the body; a 404 or 403 for the machine comes before any 400."""
+    try:
+        return parse(await request.body())
+    except (InvalidBody, InvalidHeader):
+        await _check_owner(hub, ns, machine_id, MachineNotFound)
+        raise
+
+
+async def _submit(
+    hub: Hub, ns: str, machine_id: str, spec: JobSpec, *, digest: str = "", fingerprint: str = ""
+) -> Outcome:
+    # The enqueue script itself checks that the namespace has this machine; only on a miss does
+    # the hub look further, to tell 403 from 404.
+    outcome = await hub.dispatcher.submit(ns, machine_id, spec, idempotency_digest=digest, fingerprint=fingerprint)
+    if outcome.verdict is Verdict.UNREGISTERED:
+        await _check_owner(hub, ns, machine_id, MachineNotFound)
+        return Outcome(outcome.job_id, Verdict.OFFLINE)  # it registered meanwhile, so it was not online
+    return outcome
 
 
 async def _check_owner(hub: Hub, ns: str, machine_id: str | None, missing: type[RequestError]) -> None:
@@ -98,8 +122,7 @@ def _int(value: bytes | None) -> int | None:
     return None if value is None else int(value)
 
 
-async def _decode(request: Request, decoder: msgspec.json.Decoder[T]) -> T:
-    body = await request.body()
+def _decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -117,10 +140,8 @@ def _idempotency(request: Request, body: bytes) -> tuple[str, str]:
     return hashlib.sha256(key.encode()).hexdigest(), hashlib.sha256(body).hexdigest()
 
 
-async def spawn(request: Request) -> Response:
-    hub = hub_of(request)
-    ns, machine_id = await _machine(hub, request)
-    body = await _decode(request, _spawn_decoder)
+def _spawn_args(raw: bytes) -> tuple[SpawnRequest, bytes]:
+    body = _decode(raw, _spawn_decoder)
     directory = body.directory.strip()
     if not directory:
         raise InvalidBody("directory must not be empty - at `$.directory`")
@@ -131,8 +152,19 @@ async def spawn(request: Request) -> Response:
             raise InvalidBody("worktreeName yields no usable branch name (use letters or digits) - at `$.worktreeName`")
     if body.prompt is not None and len(body.prompt.encode()) > MAX_PROMPT_BYTES:
         raise InvalidBody(f"prompt is longer than {MAX_PROMPT_BYTES} bytes - at `$.prompt`")
-    args = _encoder.encode(msgspec.structs.replace(body, directory=directory))
-    digest, fingerprint = _idempotency(request, args)
+    body = msgspec.structs.replace(body, directory=directory)
+    return body, _encoder.encode(body)
+
+
+async def spawn(request: Request) -> Response:
+    hub = hub_of(request)
+    ns, machine_id = await _target(hub, request)
+
+    def parse(raw: bytes) -> tuple[bytes, str, str]:
+        _, args = _spawn_args(raw)
+        return args, *_idempotency(request, args)
+
+    args, digest, fingerprint = await _parse(hub, request, ns, machine_id, parse)
     settings = hub.settings
     offline = SpawnResult(success=False, error=f"Machine {machine_id} is offline", code="machine_offline")
     spec = JobSpec(
@@ -143,7 +175,7 @@ async def spawn(request: Request) -> Response:
         settings.job_retention_s,
         _encoder.encode(offline),
     )
-    outcome = await hub.dispatcher.submit(ns, machine_id, spec, idempotency_digest=digest, fingerprint=fingerprint)
+    outcome = await _submit(hub, ns, machine_id, spec, digest=digest, fingerprint=fingerprint)
     return json_response(_spawn_response(outcome, offline))
 
 
@@ -190,8 +222,8 @@ def _normalize_paths(paths: list[str]) -> list[str]:
 
 async def paths_exists(request: Request) -> Response:
     hub = hub_of(request)
-    ns, machine_id = await _machine(hub, request)
-    paths = _normalize_paths((await _decode(request, _paths_decoder)).paths)
+    ns, machine_id = await _target(hub, request)
+    paths = await _parse(hub, request, ns, machine_id, lambda raw: _normalize_paths(_decode(raw, _paths_decoder).paths))
     settings = hub.settings
     spec = JobSpec(
         JobKind.PATHS,
@@ -201,7 +233,7 @@ async def paths_exists(request: Request) -> Response:
         settings.paths_job_retention_s,
         b"null",
     )
-    outcome = await hub.dispatcher.submit(ns, machine_id, spec)
+    outcome = await _submit(hub, ns, machine_id, spec)
     if outcome.verdict is Verdict.OFFLINE:
         raise PathCheckFailed(f"machine {machine_id} is offline", code="machine_offline")
     if outcome.verdict is Verdict.NOT_STARTED:

@@ -6,19 +6,24 @@ replies travel through the asking hub's inbox list. See core.scripts for the sta
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from core import scripts
 from core.keys import Keys
-from core.schemas import ClaimedJob, JobKind, JobState, Reply
+from core.schemas import Envelope, JobKind, JobState, Reply
 
 _reply_encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(Reply)
+_envelope_encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+log = logging.getLogger(__name__)
 INBOX_TTL_MS = 60_000
 
 
@@ -26,7 +31,7 @@ INBOX_TTL_MS = 60_000
 class Enqueued:
     """Outcome of `enqueue`. Times are Redis-clock milliseconds."""
 
-    status: str  # queued | offline | duplicate
+    status: str  # queued | offline | duplicate | unknown
     job_id: str
     now_ms: int = 0
     claim_by_ms: int = 0
@@ -59,6 +64,7 @@ class JobQueue:
         self._complete = redis.register_script(scripts.COMPLETE)
         self._abandon = redis.register_script(scripts.ABANDON)
         self._recover = redis.register_script(scripts.RECOVER)
+        self._finish = redis.register_script(scripts.FINISH)
 
     async def enqueue(
         self,
@@ -77,33 +83,49 @@ class JobQueue:
         fingerprint: str = "",
         idempotency_ttl_ms: int = 0,
     ) -> Enqueued:
-        """Record the job and push it, or fail fast when the machine has no live heartbeat."""
+        """Record the job and push it, or fail fast when the machine has no live heartbeat.
+
+        Status `unknown` means the namespace has no such machine (the caller tells 403 from 404).
+        """
         k = self.keys
-        idem_key = k.idempotency(ns, machine_id, idempotency_digest or "-")
-        record = fingerprint if idempotency_digest else ""
+        envelope = _envelope_encoder.encode(
+            Envelope(
+                job_id=job_id, kind=kind, args=msgspec.Raw(args), reply_to=reply_to, idempotency=idempotency_digest
+            )
+        )
+        # Path checks are read-only and may be large: their arguments travel only in the envelope.
+        kept_args = b"" if kind is JobKind.PATHS else args
         out = await self._enqueue(
-            keys=[k.heartbeat(ns, machine_id), k.mailbox(ns, machine_id), k.job(ns, machine_id, job_id), idem_key],
+            keys=[
+                k.heartbeat(ns, machine_id),
+                k.mailbox(ns, machine_id),
+                k.job(ns, machine_id, job_id),
+                k.idempotency(ns, machine_id, idempotency_digest or "-"),
+                k.info(ns, machine_id),
+            ],
             args=[
                 job_id,
                 kind.value,
-                args,
-                reply_to,
+                kept_args,
+                envelope,
                 claim_timeout_ms,
                 timeout_ms,
                 retention_ms,
-                record,
+                fingerprint if idempotency_digest else "",
                 idempotency_ttl_ms,
                 machine_id,
                 offline_result,
-                idempotency_digest,
+                reply_to,
             ],
         )
         status = _s(out[0])
         if status == "duplicate":
             existing_id, _, existing_fp = _s(out[1]).partition(" ")
             return Enqueued("duplicate", existing_id, fingerprint=existing_fp)
-        if status in ("offline", "exists"):
-            return Enqueued("offline" if status == "offline" else "duplicate", job_id, fingerprint=fingerprint)
+        if status == "exists":
+            return Enqueued("duplicate", job_id, fingerprint=fingerprint)
+        if status in ("offline", "unknown"):
+            return Enqueued(status, job_id)
         return Enqueued("queued", job_id, int(out[2]), int(out[3]), int(out[4]))
 
     async def attach(self, ns: str, machine_id: str, job_id: str, reply_to: str, retention_ms: int) -> JobStatus:
@@ -124,14 +146,33 @@ class JobQueue:
         )
         return JobStatus(_s(out[0]), bytes(out[1]) if len(out) > 1 and out[1] else b"")
 
-    async def claim(self, ns: str, machine_id: str, job_id: str, instance: str) -> ClaimedJob | None:
-        """Take a queued job before its claim deadline; None if it was late, taken or gone."""
+    async def claim(self, ns: str, machine_id: str, job_id: str, instance: str) -> bool:
+        """Take a queued job before its claim deadline; False if it was late, taken or gone."""
         out = await self._claim(keys=[self.keys.job(ns, machine_id, job_id)], args=[instance])
-        if _s(out[0]) != "claimed":
-            return None
-        return ClaimedJob(
-            job_id=job_id, kind=JobKind(_s(out[1])), args=msgspec.Raw(bytes(out[2])), idempotency=_s(out[3])
+        return _s(out[0]) == "claimed"
+
+    async def finish(
+        self, ns: str, machine_id: str, job: Envelope, instance: str, state: JobState, result: bytes
+    ) -> None:
+        """Settle a read-only job without a claim, and reply, in one round trip.
+
+        The reply is sent even if the hub already gave up (then nobody waits for it): the hub
+        decides between its abandon and this reply by which one changed the record first.
+        """
+        reply = _reply_encoder.encode(
+            Reply(job_id=job.job_id, machine_id=machine_id, state=state, result=msgspec.Raw(result))
         )
+        key = self.keys.job(ns, machine_id, job.job_id)
+        # EVALSHA by hand: a script object in a pipeline costs an extra SCRIPT EXISTS round trip.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._finish.sha, 1, key, instance, state.value, result)
+            pipe.lpush(job.reply_to, reply)
+            pipe.pexpire(job.reply_to, INBOX_TTL_MS)
+            settled, *_ = await pipe.execute(raise_on_error=False)
+        if isinstance(settled, NoScriptError):  # Redis restarted: the script never ran, so run it now
+            await self._finish(keys=[key], args=[instance, state.value, result])
+        elif isinstance(settled, Exception):
+            raise settled
 
     async def complete(
         self, ns: str, machine_id: str, job_id: str, instance: str, state: JobState, result: bytes
@@ -174,10 +215,18 @@ class JobQueue:
         raw = await self.redis.hgetall(self.keys.job(ns, machine_id, job_id))
         return {_s(key): value for key, value in raw.items()} or None
 
-    async def pop_mailbox(self, blocking: Redis, ns: str, machine_id: str, timeout_s: float, count: int) -> list[str]:
-        """Wait up to timeout_s for job ids on the machine's mailbox (oldest first)."""
+    async def pop_mailbox(
+        self, blocking: Redis, ns: str, machine_id: str, timeout_s: float, count: int
+    ) -> list[Envelope]:
+        """Wait up to timeout_s for jobs on the machine's mailbox (oldest first)."""
         out = await blocking.blmpop(timeout_s, 1, self.keys.mailbox(ns, machine_id), direction="RIGHT", count=count)
-        return [_s(x) for x in out[1]] if out else []
+        jobs = []
+        for raw in out[1] if out else ():
+            try:
+                jobs.append(_envelope_decoder.decode(raw))
+            except msgspec.DecodeError:
+                log.error("dropped an unreadable mailbox entry of %s: %r", machine_id, raw[:200])
+        return jobs
 
     async def pop_inbox(self, blocking: Redis, inboxes: Sequence[str], timeout_s: float, count: int) -> list[Reply]:
         """Wait up to timeout_s for replies on any of a hub's inboxes."""

@@ -87,13 +87,14 @@ class PathsResult(Message):
     code: str | None = None
 
 
-class ClaimedJob(Message):
-    """A job the agent claimed: its kind, its still-encoded arguments, its Idempotency-Key digest."""
+class Envelope(Message):
+    """A job as it travels through a machine's mailbox: what to do and where to answer."""
 
     job_id: str
     kind: JobKind
     args: msgspec.Raw
-    idempotency: str = ""
+    reply_to: str
+    idempotency: str = ""  # SHA-256 of the caller's Idempotency-Key, if it sent one
 
 
 class Reply(Message):

@@ -12,13 +12,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: heartbeat, mailbox, job, idempotency
-# ARGV: job id, kind, args, reply inbox, claim timeout ms, timeout ms, retention ms,
-#       idempotency record ('' for none), idempotency ttl ms, machine id, offline result,
-#       idempotency key digest ('' for none)
+# KEYS: heartbeat, mailbox, job, idempotency, info
+# ARGV: job id, kind, args to keep on the record, mailbox envelope, claim timeout ms, timeout ms,
+#       retention ms, idempotency record ('' for none), idempotency ttl ms, machine id,
+#       offline result, reply inbox
 ENQUEUE = (
     NOW
     + """
+if redis.call('EXISTS', KEYS[5]) == 0 then return {'unknown'} end
 if ARGV[8] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'duplicate', existing} end
@@ -33,10 +34,10 @@ end
 local claim_by = now + tonumber(ARGV[5])
 local deadline = now + tonumber(ARGV[6])
 redis.call('HSET', KEYS[3], 'kind', ARGV[2], 'machineId', ARGV[10], 'args', ARGV[3],
-  'state', 'queued', 'replyTo', ARGV[4], 'createdMs', now, 'claimBy', claim_by,
-  'deadlineMs', deadline, 'idempotency', ARGV[12])
+  'state', 'queued', 'replyTo', ARGV[12], 'createdMs', now, 'claimBy', claim_by,
+  'deadlineMs', deadline)
 redis.call('PEXPIRE', KEYS[3], ARGV[7])
-redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[4])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[6]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
@@ -65,7 +66,7 @@ return {f[1], f[2] or '', now, f[3] or '0', f[4] or '0'}
 CLAIM = (
     NOW
     + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'claimBy', 'kind', 'args', 'idempotency')
+local f = redis.call('HMGET', KEYS[1], 'state', 'claimBy')
 if not f[1] then return {'missing'} end
 if f[1] ~= 'queued' then return {'taken', f[1]} end
 if now > tonumber(f[2]) then
@@ -73,7 +74,7 @@ if now > tonumber(f[2]) then
   return {'late'}
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'claimedBy', ARGV[1], 'claimedMs', now)
-return {'claimed', f[3], f[4], f[5] or ''}
+return {'claimed'}
 """
 )
 
@@ -90,6 +91,20 @@ local out = {'done', f[3]}
 for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
 redis.call('DEL', KEYS[2])
 return out
+"""
+)
+
+# KEYS: job. ARGV: agent instance id, final state, result.
+# A read-only job (a path check) runs without a claim and is settled in one step: it counts only
+# while the hub still waits (state queued); a late result changes nothing, as nothing was changed.
+FINISH = (
+    NOW
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' then return {'refused', state or 'missing'} end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'claimedBy', ARGV[1],
+  'claimedMs', now, 'finishedMs', now)
+return {'done'}
 """
 )
 

@@ -23,7 +23,7 @@ from core.connections import blocking_client, request_client
 from core.keys import Keys
 from core.queue import JobQueue
 from core.registry import Registry
-from core.schemas import JobKind
+from core.schemas import Envelope, JobKind
 from core.settings import Settings
 from machine_agent import identity
 from machine_agent.executor import Executor, failpoint
@@ -139,7 +139,7 @@ class Agent:
             await self._slots.acquire()
             self._slots.release()
             try:
-                job_ids = await self.queue.pop_mailbox(
+                jobs = await self.queue.pop_mailbox(
                     self.blocking, self.ns, self.machine_id, self.settings.block_s, count=16
                 )
             except RedisError as exc:
@@ -148,30 +148,34 @@ class Agent:
                 backoff = min(backoff * 2, self.settings.reconnect_max_s)
                 continue
             backoff = 0.05
-            for job_id in job_ids:
-                task = asyncio.create_task(self._handle(job_id))
+            for job in jobs:
+                task = asyncio.create_task(self._handle(job))
                 self._jobs.add(task)
                 task.add_done_callback(self._jobs.discard)
+            # Let the new jobs send their first command before this loop sends its next pop.
+            await asyncio.sleep(0)
 
-    async def _handle(self, job_id: str) -> None:
+    async def _handle(self, job: Envelope) -> None:
         async with self._slots:
             try:
-                job = await self.queue.claim(self.ns, self.machine_id, job_id, self.instance)
-                if job is None:
-                    return  # past its deadline or already taken: never run it
-                spawn = job.kind is JobKind.SPAWN
-                if spawn:
-                    self._journal(Event.CLAIMED, job_id)
-                    failpoint(self.settings, "after_claim")
-                state, result = await self.executor.run(job)
-                if spawn:
-                    failpoint(self.settings, "before_complete")
-                if not await self.queue.complete(self.ns, self.machine_id, job_id, self.instance, state, result):
-                    log.warning("job %s: result refused (another instance owns it now)", job_id)
-                if spawn:
-                    self._journal(Event.REPORTED, job_id)
+                if job.kind is JobKind.SPAWN:
+                    await self._spawn(job)
+                else:
+                    state, result = await self.executor.run(job)
+                    await self.queue.finish(self.ns, self.machine_id, job, self.instance, state, result)
             except RedisError as exc:
-                log.warning("job %s: Redis failed: %s", job_id, exc)
+                log.warning("job %s: Redis failed: %s", job.job_id, exc)
+
+    async def _spawn(self, job: Envelope) -> None:
+        if not await self.queue.claim(self.ns, self.machine_id, job.job_id, self.instance):
+            return  # past its claim deadline or already taken: never run it
+        self._journal(Event.CLAIMED, job.job_id)
+        failpoint(self.settings, "after_claim")
+        state, result = await self.executor.run(job)
+        failpoint(self.settings, "before_complete")
+        if not await self.queue.complete(self.ns, self.machine_id, job.job_id, self.instance, state, result):
+            log.warning("job %s: result refused (another instance owns it now)", job.job_id)
+        self._journal(Event.REPORTED, job.job_id)
 
     def _journal(self, event: Event, job_id: str) -> None:
         # Not fsynced: losing these to a power cut only makes a report less precise ("unknown").

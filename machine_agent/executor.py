@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
-from core.schemas import ClaimedJob, JobKind, JobState, PathsRequest, PathsResult, SpawnRequest, SpawnResult
+from core.schemas import Envelope, JobKind, JobState, PathsRequest, PathsResult, SpawnRequest, SpawnResult
 from core.settings import Settings
 from machine_agent.journal import Entry, Event, Journal, now_ms
 from machine_agent.paths import check_paths, real_roots
@@ -20,6 +20,7 @@ from machine_agent.spawner import Spawner
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
+INLINE_PATHS = 16
 _spawn_args = msgspec.json.Decoder(SpawnRequest)
 _paths_args = msgspec.json.Decoder(PathsRequest)
 
@@ -47,7 +48,7 @@ class Executor:
         self.home = env.get("HOME") or os.path.expanduser("~")
         self.roots = real_roots(settings.roots, self.home)
 
-    async def run(self, job: ClaimedJob) -> tuple[JobState, bytes]:
+    async def run(self, job: Envelope) -> tuple[JobState, bytes]:
         try:
             if job.kind is JobKind.PATHS:
                 return await self._paths(job)
@@ -60,12 +61,16 @@ class Executor:
             log.exception("job %s failed", job.job_id)
             return JobState.FAILED, self._failure(job.kind, f"{type(exc).__name__}: {exc}", "agent_error")
 
-    async def _paths(self, job: ClaimedJob) -> tuple[JobState, bytes]:
+    async def _paths(self, job: Envelope) -> tuple[JobState, bytes]:
         request = _paths_args.decode(job.args)
-        exists = await asyncio.to_thread(check_paths, request.paths, home=self.home, roots=self.roots)
+        if len(request.paths) <= INLINE_PATHS:
+            # A thread hop costs more than a few stat calls; a hung mount would stall the loop, though.
+            exists = check_paths(request.paths, home=self.home, roots=self.roots)
+        else:
+            exists = await asyncio.to_thread(check_paths, request.paths, home=self.home, roots=self.roots)
         return JobState.SUCCEEDED, _encoder.encode(PathsResult(exists=exists))
 
-    async def _spawn(self, job: ClaimedJob) -> tuple[JobState, bytes]:
+    async def _spawn(self, job: Envelope) -> tuple[JobState, bytes]:
         request = _spawn_args.decode(job.args)
         earlier = self.journal.by_idempotency.get(job.idempotency) if job.idempotency else None
         if earlier is not None and earlier.job_id != job.job_id:
@@ -83,7 +88,7 @@ class Executor:
         self._log(Event.FINISHED, job, session_id=session_id, result=encoded)
         return _state(result), encoded
 
-    def _log(self, event: Event, job: ClaimedJob, *, session_id: str = "", result: bytes | None = None) -> None:
+    def _log(self, event: Event, job: Envelope, *, session_id: str = "", result: bytes | None = None) -> None:
         entry = Entry(
             event=event,
             job_id=job.job_id,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
+import uvloop
 from redis.exceptions import RedisError
 
 from core.connections import request_client
@@ -91,7 +92,8 @@ def agent(
     home_dir = Path(settings.home).expanduser()
     try:
         mid = resolve_machine_id(home_dir, machine_id or settings.machine_id)
-        asyncio.run(Agent(settings, machine_id=mid, home=home_dir).run())
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(Agent(settings, machine_id=mid, home=home_dir).run())
     except MachineHubError as exc:
         raise click.ClickException(str(exc)) from None
 
