@@ -16,7 +16,7 @@ from api.inbox import Inbox
 from core.errors import IdempotencyMismatch
 from core.names import new_job_id
 from core.queue import JobQueue, JobStatus
-from core.schemas import FINAL_STATES, JobKind, JobState, Reply
+from core.schemas import CLAIMED_KINDS, FINAL_STATES, JobKind, JobState, Reply
 from core.settings import Settings
 
 
@@ -88,7 +88,7 @@ class Dispatcher:
                     future,
                     enq.claim_by_ms - enq.now_ms,
                     enq.deadline_ms - enq.now_ms,
-                    give_up=spec.kind is JobKind.SPAWN,
+                    give_up=spec.kind in CLAIMED_KINDS,
                 )
         if enq.fingerprint != fingerprint:
             raise IdempotencyMismatch()
@@ -106,7 +106,7 @@ class Dispatcher:
                     future,
                     status.claim_by_ms - status.now_ms,
                     status.deadline_ms - status.now_ms,
-                    give_up=spec.kind is JobKind.SPAWN,
+                    give_up=spec.kind in CLAIMED_KINDS,
                 )
         return _settled(job_id, status)
 

@@ -24,12 +24,13 @@ STATUS: dict[type[errors.RequestError], int] = {
     errors.InvalidHeader: 400,
     errors.BodyTooLarge: 413,
     errors.IdempotencyMismatch: 422,
-    errors.PathCheckFailed: 500,
+    errors.SessionNotFound: 404,
+    errors.JobFailed: 500,
 }
 
 
 def error_body(exc: errors.RequestError) -> dict[str, str]:
-    if isinstance(exc, errors.PathCheckFailed):
+    if isinstance(exc, errors.JobFailed):
         body = {"error": f"{exc.message}: {exc.detail}" if exc.detail else exc.message}
     else:
         body = {"error": exc.message}

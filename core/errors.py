@@ -13,8 +13,12 @@
         ├── InvalidBody        400
         ├── InvalidHeader      400
         ├── BodyTooLarge       413
+        ├── SessionNotFound    404
         ├── IdempotencyMismatch 422
-        └── PathCheckFailed    500
+        └── JobFailed          500: offline, no answer in time, or failed on the machine
+            ├── PathCheckFailed
+            ├── SessionsFailed
+            └── StopFailed
 
 Failures of a job itself (a spawn that could not start) are data on the wire, not exceptions.
 """
@@ -85,7 +89,23 @@ class IdempotencyMismatch(RequestError):
     message = "Idempotency-Key was already used with a different body"
 
 
-class PathCheckFailed(RequestError):
-    """The machine is offline, did not answer in time, or the check failed."""
+class SessionNotFound(RequestError):
+    message = "Session not found"
 
+
+class JobFailed(RequestError):
+    """A read or stop job got no usable answer; the body's error is `<message>: <detail>`."""
+
+    message = "Failed"
+
+
+class PathCheckFailed(JobFailed):
     message = "Failed to check paths"
+
+
+class SessionsFailed(JobFailed):
+    message = "Failed to list sessions"
+
+
+class StopFailed(JobFailed):
+    message = "Failed to stop session"

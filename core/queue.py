@@ -17,7 +17,7 @@ from redis.exceptions import NoScriptError
 
 from core import scripts
 from core.keys import Keys
-from core.schemas import Envelope, JobKind, JobState, Reply
+from core.schemas import CLAIMED_KINDS, Envelope, JobKind, JobState, Reply
 
 _reply_encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(Reply)
@@ -93,8 +93,8 @@ class JobQueue:
                 job_id=job_id, kind=kind, args=msgspec.Raw(args), reply_to=reply_to, idempotency=idempotency_digest
             )
         )
-        # Path checks are read-only and may be large: their arguments travel only in the envelope.
-        kept_args = b"" if kind is JobKind.PATHS else args
+        # Read-only jobs (path checks may be large) keep their arguments only in the envelope.
+        kept_args = args if kind in CLAIMED_KINDS else b""
         out = await self._enqueue(
             keys=[
                 k.heartbeat(ns, machine_id),

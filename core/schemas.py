@@ -21,6 +21,13 @@ MAX_PROMPT_BYTES = 100 * 1024
 class JobKind(enum.StrEnum):
     SPAWN = "spawn"
     PATHS = "paths"
+    SESSIONS = "sessions"
+    STOP = "stop"
+
+
+# Jobs that change the machine are claimed before they run, so they run at most once and only
+# before their claim deadline; read-only jobs just run and are settled in one step.
+CLAIMED_KINDS = frozenset({JobKind.SPAWN, JobKind.STOP})
 
 
 class JobState(enum.StrEnum):
@@ -83,6 +90,35 @@ class SpawnResponse(SpawnResult):
 
 class PathsResult(Message):
     exists: dict[str, bool] = msgspec.field(default_factory=dict)
+    error: str | None = None
+    code: str | None = None
+
+
+class SessionInfo(Message, omit_defaults=False):
+    """A session the agent started that is still running."""
+
+    session_id: str
+    job_id: str
+    pid: int
+    agent: AgentName
+    directory: str
+    worktree: Worktree | None
+    started_at: int
+    launcher: str
+
+
+class SessionsResult(Message):
+    sessions: list[SessionInfo] = msgspec.field(default_factory=list)
+    error: str | None = None
+    code: str | None = None
+
+
+class StopRequest(Message):
+    session_id: str
+
+
+class StopResult(Message):
+    stopped: bool = False
     error: str | None = None
     code: str | None = None
 

@@ -56,6 +56,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worktree_branch_prefix: str = "mh-"
     max_concurrent_jobs: int = 64
     session_stop_grace_s: float = 5.0
+    launcher: str = "auto"  # tmux when it is installed, else the pseudo-terminal launcher; or tmux | pty
+    tmux_socket: str = "machine-hub"
     # Test hook: the agent SIGKILLs itself at this point of a spawn (after_claim, after_intent,
     # after_spawn, before_complete) so tests can prove what a crash there leaves behind.
     failpoint: str = ""
@@ -67,6 +69,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise SettingsError("spawn_claim_timeout_s must not exceed spawn_timeout_s")
         if not BRANCH_PREFIX_RE.match(self.worktree_branch_prefix):
             raise SettingsError(f"worktree_branch_prefix {self.worktree_branch_prefix!r} is not a usable branch prefix")
+        if self.launcher not in ("auto", "tmux", "pty"):
+            raise SettingsError(f"launcher must be auto, tmux or pty, not {self.launcher!r}")
         for name in ("block_s", "redis_socket_timeout_s", "redis_connect_timeout_s", "heartbeat_interval_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")

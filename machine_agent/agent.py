@@ -20,6 +20,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from core.connections import blocking_client, request_client
+from core.errors import SettingsError
 from core.keys import Keys
 from core.queue import JobQueue
 from core.registry import Registry
@@ -30,16 +31,30 @@ from machine_agent.executor import Executor, failpoint
 from machine_agent.journal import Entry, Event, Journal, now_ms
 from machine_agent.launcher import Launcher
 from machine_agent.recovery import recover
+from machine_agent.sessions import SessionStore, find_by_env
 from machine_agent.spawner import Spawner
+from machine_agent.tmux import TmuxLauncher
 
 log = logging.getLogger(__name__)
 
 
-def session_running(session_id: str) -> bool:
-    return False  # replaced by the session store's process lookup
-
-
 SHUTDOWN_GRACE_S = 10.0
+
+
+def session_running(session_id: str) -> bool:
+    return find_by_env("MACHINE_HUB_SESSION_ID", session_id) is not None
+
+
+def choose_launcher(settings: Settings) -> Launcher | TmuxLauncher:
+    """tmux when it is there (sessions a person can attach to, that outlive the agent), else a pty."""
+    if settings.launcher == "pty":
+        return Launcher()
+    if TmuxLauncher.available():
+        return TmuxLauncher(settings.tmux_socket)
+    if settings.launcher == "tmux":
+        raise SettingsError("MACHINE_HUB_LAUNCHER is tmux, but tmux is not installed")
+    log.warning("tmux not found: sessions run on a pseudo-terminal and end when this agent stops")
+    return Launcher()
 
 
 class Agent:
@@ -53,14 +68,17 @@ class Agent:
         keys = Keys(settings.key_prefix)
         self.registry = Registry(self.redis, keys)
         self.queue = JobQueue(self.redis, keys)
-        self.launcher = Launcher()
-        self.metadata = identity.encoded_metadata("pty")
-        spawner = Spawner(settings, home=home, launcher=self.launcher, env=env)
+        self.launcher = choose_launcher(settings)
+        self.metadata = identity.encoded_metadata(self.launcher.name)
+        sessions = SessionStore(home)
+        spawner = Spawner(settings, home=home, launcher=self.launcher, env=env, sessions=sessions)
         self.journal = Journal(home, retention_s=settings.idempotency_ttl_s)
         self.executor = Executor(
             settings,
             spawner,
             self.journal,
+            sessions,
+            self.launcher if isinstance(self.launcher, TmuxLauncher) else None,
             namespace=self.ns,
             machine_id=machine_id,
             instance=self.instance,
@@ -85,7 +103,7 @@ class Agent:
         await self._retry_until_stopped(self._register, "registering")
 
     async def _register(self) -> None:
-        await self.registry.register(self.ns, self.machine_id, identity.metadata("pty"))
+        await self.registry.register(self.ns, self.machine_id, identity.metadata(self.launcher.name))
         await self._beat()
         log.info("machine %s online in namespace %s (instance %s)", self.machine_id, self.ns, self.instance)
         # Only after our heartbeat replaced the old instance's may we settle what it left open.
@@ -103,7 +121,7 @@ class Agent:
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
         if not await self.registry.heartbeat(self.ns, self.machine_id, self.instance, self.metadata, ttl_ms):
             log.warning("registration record is gone (Redis lost its data?); registering again")
-            await self.registry.register(self.ns, self.machine_id, identity.metadata("pty"))
+            await self.registry.register(self.ns, self.machine_id, identity.metadata(self.launcher.name))
 
     async def main_loop(self) -> None:
         tasks = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._job_loop())]

@@ -11,18 +11,33 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
-from core.schemas import Envelope, JobKind, JobState, PathsRequest, PathsResult, SpawnRequest, SpawnResult
+from core.schemas import (
+    Envelope,
+    JobKind,
+    JobState,
+    PathsRequest,
+    PathsResult,
+    SessionInfo,
+    SessionsResult,
+    SpawnRequest,
+    SpawnResult,
+    StopRequest,
+    StopResult,
+)
 from core.settings import Settings
 from machine_agent.journal import Entry, Event, Journal, now_ms
 from machine_agent.paths import check_paths, real_roots
 from machine_agent.recovery import outcome
+from machine_agent.sessions import SessionStore
 from machine_agent.spawner import Spawner
+from machine_agent.tmux import TmuxLauncher
 
 log = logging.getLogger(__name__)
 _encoder = msgspec.json.Encoder()
 INLINE_PATHS = 16
 _spawn_args = msgspec.json.Decoder(SpawnRequest)
 _paths_args = msgspec.json.Decoder(PathsRequest)
+_stop_args = msgspec.json.Decoder(StopRequest)
 
 
 class Executor:
@@ -31,6 +46,8 @@ class Executor:
         settings: Settings,
         spawner: Spawner,
         journal: Journal,
+        sessions: SessionStore,
+        tmux: TmuxLauncher | None,
         *,
         namespace: str,
         machine_id: str,
@@ -42,6 +59,8 @@ class Executor:
         self.settings = settings
         self.spawner = spawner
         self.journal = journal
+        self.sessions = sessions
+        self.tmux = tmux
         self.namespace = namespace
         self.machine_id = machine_id
         self.instance = instance
@@ -50,9 +69,17 @@ class Executor:
 
     async def run(self, job: Envelope) -> tuple[JobState, bytes]:
         try:
-            if job.kind is JobKind.PATHS:
-                return await self._paths(job)
-            return await self._spawn(job)
+            match job.kind:
+                case JobKind.PATHS:
+                    return await self._paths(job)
+                case JobKind.SPAWN:
+                    return await self._spawn(job)
+                case JobKind.SESSIONS:
+                    return JobState.SUCCEEDED, _encoder.encode(SessionsResult(sessions=self._running()))
+                case JobKind.STOP:
+                    session_id = _stop_args.decode(job.args).session_id
+                    stopped = await self.sessions.stop(session_id, self.settings.session_stop_grace_s, tmux=self.tmux)
+                    return JobState.SUCCEEDED, _encoder.encode(StopResult(stopped=stopped))
         except msgspec.DecodeError as exc:
             # A hub newer or older than this agent sent arguments it cannot read.
             log.error("job %s: unreadable arguments: %s", job.job_id, exc)
@@ -100,11 +127,34 @@ class Executor:
         )
         self.journal.record(entry, durable=True)
 
+    def _running(self) -> list[SessionInfo]:
+        return [
+            SessionInfo(
+                session_id=r.session_id,
+                job_id=r.job_id,
+                pid=r.pid,
+                agent=r.agent,
+                directory=r.directory,
+                worktree=r.worktree,
+                started_at=r.started_at,
+                launcher=r.launcher,
+            )
+            for r in self.sessions.running()
+        ]
+
     @staticmethod
     def _failure(kind: JobKind, error: str, code: str) -> bytes:
-        if kind is JobKind.PATHS:
-            return _encoder.encode(PathsResult(error=error, code=code))
-        return _encoder.encode(SpawnResult(success=False, error=error, code=code))
+        failure: PathsResult | SessionsResult | StopResult | SpawnResult
+        match kind:
+            case JobKind.PATHS:
+                failure = PathsResult(error=error, code=code)
+            case JobKind.SESSIONS:
+                failure = SessionsResult(error=error, code=code)
+            case JobKind.STOP:
+                failure = StopResult(error=error, code=code)
+            case _:
+                failure = SpawnResult(success=False, error=error, code=code)
+        return _encoder.encode(failure)
 
 
 def _state(result: SpawnResult) -> JobState:

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,27 @@ class Exited:
         return f"status {self.returncode}"
 
 
+class SessionLauncher(Protocol):
+    """What the spawner needs of a launcher: this module's pty `Launcher` or tmux's `TmuxLauncher`."""
+
+    @property
+    def name(self) -> str: ...  # "pty" or "tmux", as the machine's metadata reports it
+
+    async def launch(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_dir: Path,
+        settle_s: float,
+        executable: str | None = None,
+        session_id: str,
+    ) -> Launched | Exited: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass(eq=False)
 class _Session:
     proc: subprocess.Popen[bytes]
@@ -103,6 +124,8 @@ class _Session:
 class Launcher:
     """Owns the running sessions: their process handles, pty masters and output logs."""
 
+    name = "pty"
+
     def __init__(self) -> None:
         self._sessions: dict[int, _Session] = {}
 
@@ -120,10 +143,13 @@ class Launcher:
         log_dir: Path,
         settle_s: float,
         executable: str | None = None,
+        session_id: str = "",
     ) -> Launched | Exited:
         """Start `argv` and report whether it is still running after `settle_s`.
 
         Raises OSError when the process cannot be started at all (exec or chdir failed).
+        `session_id` is not needed here (the pid identifies the session); it is taken so that
+        every `SessionLauncher` is called alike.
         """
         output_log, stderr_log = log_dir / OUTPUT_LOG, log_dir / STDERR_LOG
         session = _start(argv, cwd=cwd, env=env, executable=executable, output_log=output_log, stderr_log=stderr_log)
@@ -140,8 +166,7 @@ class Launcher:
             return Launched(pid=session.proc.pid, output_log=output_log, stderr_log=stderr_log)
         await asyncio.wait([session.drained], timeout=DRAIN_GRACE_S)
         session.stop()
-        tail = _tail(stderr_log) or _tail(output_log, strip_ansi=True)
-        return Exited(returncode=session.exited.result(), tail=tail)
+        return Exited(returncode=session.exited.result(), tail=log_tail(stderr_log, output_log))
 
     async def wait(self, pid: int, timeout_s: float) -> int | None:
         """Return code of a session started here once it ended; None on timeout or if not tracked."""
@@ -227,6 +252,11 @@ def _set_exited(session: _Session, code: int) -> None:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def log_tail(stderr_log: Path, output_log: Path) -> str:
+    """What a session that ended printed last: its stderr, or else its terminal output."""
+    return _tail(stderr_log) or _tail(output_log, strip_ansi=True)
 
 
 def _tail(path: Path, *, strip_ansi: bool = False) -> str:

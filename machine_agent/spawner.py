@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,8 +16,9 @@ from pathlib import Path
 from core.schemas import SpawnRequest, SpawnResult, Worktree
 from core.settings import Settings
 from machine_agent.commands import base_command, build_argv, resolve_executable
-from machine_agent.launcher import Exited, Launcher
+from machine_agent.launcher import Exited, SessionLauncher
 from machine_agent.paths import inside, real_roots, resolve
+from machine_agent.sessions import SessionRecord, SessionStore, process_start
 from machine_agent.worktrees import (
     GitWorktree,
     NotAGitRepo,
@@ -48,12 +50,14 @@ class Spawner:
         settings: Settings,
         *,
         home: Path,
-        launcher: Launcher,
+        launcher: SessionLauncher,
         env: Mapping[str, str] | None = None,
+        sessions: SessionStore | None = None,
     ) -> None:
         self._settings = settings
         self._home = home
         self._launcher = launcher
+        self._sessions = sessions
         # Sessions get the agent's environment, less the secrets that let a process act as the agent.
         self._env = {k: v for k, v in (os.environ if env is None else env).items() if k not in AGENT_SECRETS}
         self._user_home = self._env.get("HOME") or os.path.expanduser("~")
@@ -101,7 +105,8 @@ class Spawner:
         )
         if request.session_type == "simple":
             created = _ensure_directory(directory)
-            await self._launch(argv, executable, directory, env, session_id)
+            pid = await self._launch(argv, executable, directory, env, session_id)
+            self._record(request, job_id, session_id, pid, directory, None)
             return SpawnResult(success=True, session_id=session_id, directory_created=created)
 
         worktree = await self._worktree(directory, request.worktree_name or "", reuse=request.reuse_worktree)
@@ -111,14 +116,33 @@ class Spawner:
             "MACHINE_HUB_WORKTREE_BASE_PATH": str(worktree.base_path),
         }
         try:
-            await self._launch(argv, executable, worktree.path, env, session_id)
+            pid = await self._launch(argv, executable, worktree.path, env, session_id)
         except BaseException:
             # The session never started, so nobody will use or clean up a worktree made for it.
             if not worktree.reused:
                 await remove_worktree(worktree, env=self._env)
             raise
         wire = Worktree(path=str(worktree.path), branch=worktree.branch, base_path=str(worktree.base_path))
+        self._record(request, job_id, session_id, pid, worktree.path, wire)
         return SpawnResult(success=True, session_id=session_id, worktree=wire)
+
+    def _record(
+        self, request: SpawnRequest, job_id: str, session_id: str, pid: int, cwd: Path, worktree: Worktree | None
+    ) -> None:
+        if self._sessions is None:
+            return
+        record = SessionRecord(
+            session_id=session_id,
+            job_id=job_id,
+            pid=pid,
+            process_start=process_start(pid),
+            agent=request.agent,
+            directory=str(cwd),
+            worktree=worktree,
+            started_at=int(time.time() * 1000),
+            launcher="tmux" if self._launcher.name == "tmux" else "pty",
+        )
+        self._sessions.add(record)
 
     def _directory(self, raw: str) -> Path:
         """The absolute, normalized directory the request names, checked against the roots."""
@@ -150,7 +174,8 @@ class Spawner:
 
     async def _launch(
         self, argv: list[str], executable: str, cwd: Path, env: Mapping[str, str], session_id: str
-    ) -> None:
+    ) -> int:
+        """Start the session; its pid, or SpawnFailure."""
         name = argv[0]
         try:
             outcome = await self._launcher.launch(
@@ -160,6 +185,7 @@ class Spawner:
                 log_dir=self._home / "sessions" / session_id,
                 settle_s=self._settings.spawn_settle_s,
                 executable=executable,
+                session_id=session_id,
             )
         except OSError as exc:
             raise SpawnFailure("spawn_failed", f"could not start {name}: {exc.strerror or exc}") from exc
@@ -167,6 +193,7 @@ class Spawner:
             detail = outcome.tail or "it printed nothing"
             raise SpawnFailure("spawn_failed", f"{name} exited at once with {outcome.status}: {detail}")
         log.info("session %s started: %s (pid %s) in %s", session_id, name, outcome.pid, cwd)
+        return outcome.pid
 
 
 def _ensure_directory(directory: Path) -> bool:

@@ -65,6 +65,8 @@ def fast_settings(redis_url: str, **overrides: Any) -> Settings:
         spawn_timeout_s=4.0,
         paths_timeout_s=2.0,
         spawn_settle_s=0.3,
+        session_stop_grace_s=1.0,
+        tmux_socket=f"mh-test-{uuid.uuid4().hex[:8]}",
     )
     values.update(overrides)
     return Settings(**values)
@@ -209,6 +211,7 @@ class Stack:
                 pass
         self.redis.close()
         self.redis_server.kill()  # a test may have replaced the server the fixture started
+        subprocess.run(["tmux", "-L", self.settings.tmux_socket, "kill-server"], capture_output=True, check=False)
 
     def dump_logs(self) -> Iterator[str]:
         for process in self.processes:

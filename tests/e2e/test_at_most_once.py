@@ -64,7 +64,9 @@ def test_agent_killed_mid_spawn_reports_the_truth_after_restart(
 ) -> None:
     agent = stack.start_agent(machine_id, MACHINE_HUB_FAILPOINT=failpoint)
     answers: list[httpx2.Response] = []
-    caller = threading.Thread(target=lambda: answers.append(post_spawn(stack, 0, machine_id, {"directory": str(tmp_path)})))
+    caller = threading.Thread(
+        target=lambda: answers.append(post_spawn(stack, 0, machine_id, {"directory": str(tmp_path)}))
+    )
     caller.start()
     assert agent.popen.wait(15) == -signal.SIGKILL, agent.log_text()
     stack.start_agent(machine_id)  # same id and home: it reads the journal its predecessor left
@@ -93,8 +95,12 @@ def test_agent_paused_past_the_claim_deadline_never_runs_the_job(stack: Stack, m
     assert body["code"] == "not_started", body
     stack.wait_online("default", machine_id, agent)
     # The resumed agent pops the job id and must refuse it; give it a paths job to prove it is working.
-    r = httpx2.post(f"{stack.hubs[1].url}/api/machines/{machine_id}/paths/exists", headers=stack.auth(),
-                    json={"paths": [str(tmp_path)]}, timeout=10)
+    r = httpx2.post(
+        f"{stack.hubs[1].url}/api/machines/{machine_id}/paths/exists",
+        headers=stack.auth(),
+        json={"paths": [str(tmp_path)]},
+        timeout=10,
+    )
     assert r.status_code == 200
     assert launches_in(stack, tmp_path) == []
     assert get_job(stack, 0, body["jobId"]).json()["state"] == "expired"
@@ -133,8 +139,12 @@ def test_hub_killed_while_waiting_the_job_completes_and_another_hub_shows_it(
 
     def call() -> None:
         try:
-            httpx2.post(f"{doomed.url}/api/machines/{machine_id}/spawn", headers=stack.auth(),
-                        json={"directory": str(tmp_path)}, timeout=30)
+            httpx2.post(
+                f"{doomed.url}/api/machines/{machine_id}/spawn",
+                headers=stack.auth(),
+                json={"directory": str(tmp_path)},
+                timeout=30,
+            )
         except httpx2.TransportError as exc:
             errors.append(exc)
 
@@ -160,10 +170,14 @@ def test_one_idempotency_key_twenty_callers_two_hubs_one_launch(stack: Stack, ma
     stack.start_agent(machine_id)
     key = uuid.uuid4().hex
     with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(
-            lambda i: post_spawn(stack, i % 2, machine_id, {"directory": str(tmp_path)}, **{"Idempotency-Key": key}),
-            range(20),
-        ))
+        answers = list(
+            pool.map(
+                lambda i: post_spawn(
+                    stack, i % 2, machine_id, {"directory": str(tmp_path)}, **{"Idempotency-Key": key}
+                ),
+                range(20),
+            )
+        )
     bodies = [a.json() for a in answers]
     assert all(a.status_code == 200 for a in answers)
     assert all(b == bodies[0] for b in bodies), bodies
@@ -183,13 +197,20 @@ def test_idempotency_key_with_another_body_is_422(stack: Stack, machine_id: str,
 
 def test_job_lookup_is_namespace_checked(stack: Stack, machine_id: str, tmp_path: Path) -> None:
     stack.start_agent(machine_id, "team")
-    r = httpx2.post(f"{stack.hubs[0].url}/api/machines/{machine_id}/paths/exists", headers=stack.auth("team"),
-                    json={"paths": [str(tmp_path)]})
+    r = httpx2.post(
+        f"{stack.hubs[0].url}/api/machines/{machine_id}/paths/exists",
+        headers=stack.auth("team"),
+        json={"paths": [str(tmp_path)]},
+    )
     assert r.status_code == 200
     body = post_spawn(stack, 0, machine_id, {"directory": str(tmp_path)}).json() if False else None
     assert body is None
-    spawn = httpx2.post(f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn", headers=stack.auth("team"),
-                        json={"directory": str(tmp_path)}, timeout=30).json()
+    spawn = httpx2.post(
+        f"{stack.hubs[0].url}/api/machines/{machine_id}/spawn",
+        headers=stack.auth("team"),
+        json={"directory": str(tmp_path)},
+        timeout=30,
+    ).json()
     job_id = spawn["jobId"]
     assert get_job(stack, 1, job_id, "team").json()["state"] == "succeeded"
     assert get_job(stack, 1, job_id).status_code == 403

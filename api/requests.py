@@ -1,0 +1,102 @@
+"""What every machine route does: find the caller and the machine, read the body, run a job.
+
+The checks run in the contract's order: 401, 503, 404/403, 400, then the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.dispatch import JobSpec, Outcome, Verdict
+from api.hub import Hub
+from core.errors import AccessDenied, InvalidBody, InvalidHeader, JobFailed, MachineNotFound, RequestError
+from core.names import valid_machine_id
+from core.registry import Ownership
+from core.schemas import JobState
+
+T = TypeVar("T")
+encoder = msgspec.json.Encoder()
+
+
+def json_response(value: object, status_code: int = 200) -> Response:
+    return Response(encoder.encode(value), status_code=status_code, media_type="application/json")
+
+
+def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """A request body, or InvalidBody saying which field is wrong and how."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidBody(str(exc)) from None
+    except msgspec.DecodeError:
+        raise InvalidBody("the body is not valid JSON") from None
+
+
+async def target(hub: Hub, request: Request) -> tuple[str, str]:
+    """The caller's namespace and the machine the path names (its existence is checked later)."""
+    ns = await hub.authenticate(request)
+    machine_id: str = request.path_params["machine_id"]
+    if not valid_machine_id(machine_id):
+        raise MachineNotFound()
+    return ns, machine_id
+
+
+async def check_owner(hub: Hub, ns: str, machine_id: str | None, missing: type[RequestError]) -> None:
+    ownership = Ownership.UNKNOWN if machine_id is None else await hub.registry.ownership(ns, machine_id)
+    if ownership is Ownership.UNKNOWN:
+        raise missing()
+    if ownership is Ownership.FOREIGN:
+        raise AccessDenied()
+
+
+async def parse(hub: Hub, request: Request, ns: str, machine_id: str, parser: Callable[[bytes], T]) -> T:
+    """Decode and check the body; a 404 or 403 for the machine comes before any 400."""
+    try:
+        return parser(await request.body())
+    except (InvalidBody, InvalidHeader):
+        await check_owner(hub, ns, machine_id, MachineNotFound)
+        raise
+
+
+async def submit(
+    hub: Hub, ns: str, machine_id: str, spec: JobSpec, *, digest: str = "", fingerprint: str = ""
+) -> Outcome:
+    # The enqueue script itself checks that the namespace has this machine; only on a miss does
+    # the hub look further, to tell 403 from 404.
+    outcome = await hub.dispatcher.submit(ns, machine_id, spec, idempotency_digest=digest, fingerprint=fingerprint)
+    if outcome.verdict is Verdict.UNREGISTERED:
+        await check_owner(hub, ns, machine_id, MachineNotFound)
+        return Outcome(outcome.job_id, Verdict.OFFLINE)  # it registered meanwhile, so it was not online
+    return outcome
+
+
+class Reported(Protocol):
+    """A job result that can say why it failed."""
+
+    error: str | None
+    code: str | None
+
+
+R = TypeVar("R", bound=Reported)
+
+
+def read_result(machine_id: str, outcome: Outcome, failure: type[JobFailed], decoder: msgspec.json.Decoder[R]) -> R:
+    """The result of a read or stop job that succeeded; anything else raises `failure` (500)."""
+    if outcome.verdict is Verdict.OFFLINE:
+        raise failure(f"machine {machine_id} is offline", code="machine_offline")
+    if outcome.verdict is Verdict.NOT_STARTED:
+        raise failure("the machine did not take the job in time", code="not_started")
+    if outcome.verdict is Verdict.UNKNOWN:
+        raise failure("the machine did not answer in time", code="timeout")
+    try:
+        result = decoder.decode(outcome.result)
+    except msgspec.DecodeError:
+        raise failure("the machine sent an answer this hub cannot read", code="bad_result") from None
+    if outcome.state is not JobState.SUCCEEDED:
+        raise failure(result.error or "the job failed on the machine", code=result.code or "job_failed")
+    return result
