@@ -32,7 +32,7 @@ async def list_sessions(request: Request) -> Response:
         b"null",
     )
     outcome = await submit(hub, ns, machine_id, spec)
-    return json_response(read_result(machine_id, outcome, SessionsFailed, _sessions))
+    return json_response({"sessions": read_result(machine_id, outcome, SessionsFailed, _sessions).sessions})
 
 
 async def stop_session(request: Request) -> Response:

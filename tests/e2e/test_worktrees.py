@@ -104,3 +104,14 @@ def test_failed_session_removes_its_worktree(stack: Stack, tmp_path: Path) -> No
     assert not (tmp_path / "app-worktrees" / "doomed").exists()
     assert "mh-doomed" not in git(repo, "branch", "--list")
     assert str(tmp_path / "app-worktrees") not in git(repo, "worktree", "list")
+
+
+def test_reuse_worktree_runs_in_the_existing_worktree(stack: Stack, worktree_agent: str, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "app")
+    first = spawn(stack, worktree_agent, {"directory": str(repo), "worktreeName": "feature"})
+    reused = spawn(stack, worktree_agent, {"directory": str(repo), "worktreeName": "Feature", "reuseWorktree": True})
+    assert reused["success"] is True, reused
+    assert reused["worktree"] == first["worktree"]
+    assert stack.launched(str(reused["sessionId"]))["cwd"] == str(tmp_path / "app-worktrees" / "feature")
+    fresh = spawn(stack, worktree_agent, {"directory": str(repo), "worktreeName": "feature"})
+    assert fresh["worktree"] != first["worktree"], "without reuseWorktree a taken name gets a suffix"

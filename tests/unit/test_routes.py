@@ -102,6 +102,9 @@ SPAWN_BAD_BODIES = [
     (b'{"directory": "/x", "sessionType": "worktree"}', "worktreeName is required"),
     (b'{"directory": "/x", "sessionType": "worktree", "worktreeName": " "}', "worktreeName is required"),
     (b'{"directory": "/x", "sessionType": "worktree", "worktreeName": "!!!"}', "no usable branch name"),
+    (b'{"directory": "/x", "prompt": "' + b"p" * (100 * 1024 + 1) + b'"}', "prompt is longer than 102400 bytes"),
+    (b'{"directory": "/x", "prompt": 7}', "$.prompt"),
+    (b'{"directory": "/x", "reuseWorktree": "yes"}', "$.reuseWorktree"),
 ]
 
 
