@@ -234,3 +234,20 @@ def test_journal_prevents_a_second_launch_when_redis_forgot_the_key(
     assert again["jobId"] != first["jobId"], "Redis no longer knew the key, so a new job was queued"
     assert again["success"] is True and again["sessionId"] == first["sessionId"], again
     assert len(launches_in(stack, tmp_path)) == 1
+
+
+def test_an_unknown_outcome_becomes_final_when_the_agent_reports(stack: Stack, machine_id: str, tmp_path: Path) -> None:
+    # The session takes longer to settle than the hub waits, so the caller hears "unknown" first.
+    settle_s = stack.settings.spawn_timeout_s + 1
+    stack.start_agent(machine_id, MACHINE_HUB_SPAWN_SETTLE_S=str(settle_s))
+    body = post_spawn(stack, 0, machine_id, {"directory": str(tmp_path)}).json()
+    assert (body["success"], body["code"]) == (False, "outcome_unknown"), body
+    assert get_job(stack, 1, body["jobId"]).json()["state"] == "unknown"
+
+    def final() -> dict[str, Any] | None:
+        job: dict[str, Any] = get_job(stack, 1, body["jobId"]).json()
+        return job if job["state"] != "unknown" else None
+
+    job = wait_until(final, settle_s + 5, "the agent's late report")
+    assert job["state"] == "succeeded" and job["result"]["success"] is True
+    assert len(launches_in(stack, tmp_path)) == 1
