@@ -19,18 +19,18 @@ import click
 from core.settings import Settings
 from machine_hub.redis_server import INSTALL_HINT, RedisServer, reachable
 
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+LOCAL_PORT = 6379
 
 
-def choose_redis(settings: Settings, environ: dict[str, str], data: Path) -> tuple[str, RedisServer | None]:
+def choose_redis(environ: dict[str, str], data: Path, local_port: int = LOCAL_PORT) -> tuple[str, RedisServer | None]:
     """REDIS_URL when set and reachable, else a local Redis on 6379, else a private redis-server."""
     if "REDIS_URL" in environ:
         url = urlparse(environ["REDIS_URL"])
         if reachable(url.hostname or "127.0.0.1", url.port or 6379):
             return environ["REDIS_URL"], None
         click.echo(f"REDIS_URL {environ['REDIS_URL']} is not reachable; looking for another Redis", err=True)
-    if reachable("127.0.0.1", 6379):
-        return LOCAL_REDIS, None
+    if reachable("127.0.0.1", local_port):
+        return f"redis://127.0.0.1:{local_port}/0", None
     try:
         server = RedisServer(data / "redis", args=("--appendonly", "yes")).start()
     except FileNotFoundError:
@@ -57,7 +57,7 @@ def wait_ready(url: str, token: str, processes: list[subprocess.Popen[bytes]], t
 
 def run_dev(settings: Settings, *, port: int, data: Path) -> None:
     environ = dict(os.environ)
-    redis_url, server = choose_redis(settings, environ, data)
+    redis_url, server = choose_redis(environ, data)
     token = settings.cli_api_token or secrets.token_urlsafe(24)
     env = {**environ, "REDIS_URL": redis_url, "CLI_API_TOKEN": token}
     me = [sys.executable, "-m", "machine_hub"]
