@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from api.inbox import Inbox
 from core.errors import IdempotencyMismatch
+from core.events import JobEvent
 from core.names import new_job_id
 from core.queue import JobQueue, JobStatus
 from core.schemas import CLAIMED_KINDS, FINAL_STATES, JobKind, JobState, Reply
@@ -81,6 +82,8 @@ class Dispatcher:
             if enq.status == "unknown":
                 return Outcome(job_id, Verdict.UNREGISTERED)
             if enq.status == "queued":
+                if spec.kind in CLAIMED_KINDS:
+                    await self._publish(ns, machine_id, job_id, spec.kind, JobState.QUEUED)
                 return await self._wait(
                     ns,
                     machine_id,
@@ -88,6 +91,7 @@ class Dispatcher:
                     future,
                     enq.claim_by_ms - enq.now_ms,
                     enq.deadline_ms - enq.now_ms,
+                    spec.kind,
                     give_up=spec.kind in CLAIMED_KINDS,
                 )
         if enq.fingerprint != fingerprint:
@@ -106,6 +110,7 @@ class Dispatcher:
                     future,
                     status.claim_by_ms - status.now_ms,
                     status.deadline_ms - status.now_ms,
+                    spec.kind,
                     give_up=spec.kind in CLAIMED_KINDS,
                 )
         return _settled(job_id, status)
@@ -118,6 +123,7 @@ class Dispatcher:
         future: asyncio.Future[Reply],
         claim_left_ms: int,
         deadline_left_ms: int,
+        kind: JobKind,
         *,
         give_up: bool,
     ) -> Outcome:
@@ -125,13 +131,23 @@ class Dispatcher:
         deadline = loop.time() + max(0, deadline_left_ms) / 1000
         reply = await _within(future, max(0, claim_left_ms) / 1000)
         if reply is None:
-            status = await self.queue.abandon(ns, machine_id, job_id, give_up=False)
+            status = await self._abandon(ns, machine_id, job_id, kind, give_up=False)
             if status.state != JobState.RUNNING:
                 return _settled(job_id, status)
             reply = await _within(future, deadline - loop.time())
         if reply is not None and reply.state in FINAL_STATES:
             return Outcome(job_id, Verdict.DONE, reply.state, bytes(reply.result))
-        return _settled(job_id, await self.queue.abandon(ns, machine_id, job_id, give_up=give_up))
+        return _settled(job_id, await self._abandon(ns, machine_id, job_id, kind, give_up=give_up))
+
+    async def _abandon(self, ns: str, machine_id: str, job_id: str, kind: JobKind, *, give_up: bool) -> JobStatus:
+        status = await self.queue.abandon(ns, machine_id, job_id, give_up=give_up)
+        if status.state in (JobState.EXPIRED, JobState.UNKNOWN) and not status.result:
+            await self._publish(ns, machine_id, job_id, kind, JobState(status.state))
+        return status
+
+    async def _publish(self, ns: str, machine_id: str, job_id: str, kind: JobKind, state: JobState) -> None:
+        event = JobEvent(job_id=job_id, machine_id=machine_id, kind=kind, state=state)
+        await self.queue.events.publish(self.queue.redis, ns, event)
 
 
 async def _within(future: asyncio.Future[Reply], timeout_s: float) -> Reply | None:

@@ -29,7 +29,9 @@ class Hub:
         keys = Keys(self.settings.key_prefix)
         self.registry = Registry(self.redis, keys)
         self.tokens = TokenStore(self.redis, keys)
-        self.queue = JobQueue(self.redis, keys)
+        self.queue = JobQueue(
+            self.redis, keys, history_length=self.settings.job_history_per_machine, max_events=self.settings.max_events
+        )
         self.inbox = Inbox(
             self.queue,
             self.blocking,

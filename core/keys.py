@@ -41,6 +41,22 @@ class Keys(msgspec.Struct, frozen=True):
     def waiters(self, ns: str, machine_id: str, job_id: str) -> str:
         return f"{self._machine(ns, machine_id)}:job:{job_id}:waiters"
 
+    def history(self, ns: str, machine_id: str) -> str:
+        """ZSET of the machine's recent job ids, scored by creation time (Redis clock, ms)."""
+        return f"{self._machine(ns, machine_id)}:jobs"
+
+    def running(self, ns: str, machine_id: str) -> str:
+        """SET of the machine's claimed jobs that have no outcome yet."""
+        return f"{self._machine(ns, machine_id)}:running"
+
+    def stats(self, ns: str, machine_id: str) -> str:
+        """HASH counting the machine's jobs by the final state they reached."""
+        return f"{self._machine(ns, machine_id)}:stats"
+
+    def events(self, ns: str) -> str:
+        """STREAM of the namespace's machine and job events, for live views."""
+        return f"{self.prefix}:ns:{ns}:events"
+
     def idempotency(self, ns: str, machine_id: str, key_digest: str) -> str:
         return f"{self._machine(ns, machine_id)}:idem:{key_digest}"
 

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from core import scripts
+from core.events import EventLog, JobEvent
 from core.keys import Keys
 from core.schemas import CLAIMED_KINDS, Envelope, JobKind, JobState, Reply
 
@@ -55,9 +56,11 @@ def _s(value: Any) -> str:
 class JobQueue:
     """Job operations for one key prefix on one Redis client."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, history_length: int = 1000, max_events: int = 10_000) -> None:
         self.redis = redis
         self.keys = keys
+        self.history_length = history_length
+        self.events = EventLog(keys, max_events=max_events)
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._attach = redis.register_script(scripts.ATTACH)
         self._claim = redis.register_script(scripts.CLAIM)
@@ -102,6 +105,8 @@ class JobQueue:
                 k.job(ns, machine_id, job_id),
                 k.idempotency(ns, machine_id, idempotency_digest or "-"),
                 k.info(ns, machine_id),
+                k.history(ns, machine_id),
+                k.stats(ns, machine_id),
             ],
             args=[
                 job_id,
@@ -116,6 +121,7 @@ class JobQueue:
                 machine_id,
                 offline_result,
                 reply_to,
+                self.history_length,
             ],
         )
         status = _s(out[0])
@@ -141,18 +147,24 @@ class JobQueue:
 
     async def abandon(self, ns: str, machine_id: str, job_id: str, *, give_up: bool) -> JobStatus:
         """At a deadline: expire a job still queued; with give_up, mark a running one unknown."""
+        k = self.keys
         out = await self._abandon(
-            keys=[self.keys.job(ns, machine_id, job_id)], args=["give_up" if give_up else "expire"]
+            keys=[k.job(ns, machine_id, job_id), k.running(ns, machine_id), k.stats(ns, machine_id)],
+            args=["give_up" if give_up else "expire", job_id],
         )
         return JobStatus(_s(out[0]), bytes(out[1]) if len(out) > 1 and out[1] else b"")
 
     async def claim(self, ns: str, machine_id: str, job_id: str, instance: str) -> bool:
         """Take a queued job before its claim deadline; False if it was late, taken or gone."""
-        out = await self._claim(keys=[self.keys.job(ns, machine_id, job_id)], args=[instance])
+        k = self.keys
+        out = await self._claim(
+            keys=[k.job(ns, machine_id, job_id), k.running(ns, machine_id), k.stats(ns, machine_id)],
+            args=[instance, job_id],
+        )
         return _s(out[0]) == "claimed"
 
     async def finish(
-        self, ns: str, machine_id: str, job: Envelope, instance: str, state: JobState, result: bytes
+        self, ns: str, machine_id: str, job: Envelope, instance: str, state: JobState, result: bytes, code: str = ""
     ) -> None:
         """Settle a read-only job without a claim, and reply, in one round trip.
 
@@ -162,51 +174,87 @@ class JobQueue:
         reply = _reply_encoder.encode(
             Reply(job_id=job.job_id, machine_id=machine_id, state=state, result=msgspec.Raw(result))
         )
-        key = self.keys.job(ns, machine_id, job.job_id)
+        keys = [self.keys.job(ns, machine_id, job.job_id), self.keys.stats(ns, machine_id)]
         # EVALSHA by hand: a script object in a pipeline costs an extra SCRIPT EXISTS round trip.
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._finish.sha, 1, key, instance, state.value, result)
+            pipe.evalsha(self._finish.sha, len(keys), *keys, instance, state.value, result)
             pipe.lpush(job.reply_to, reply)
             pipe.pexpire(job.reply_to, INBOX_TTL_MS)
+            event = JobEvent(job_id=job.job_id, machine_id=machine_id, kind=job.kind, state=state, code=code or None)
+            self.events.add(pipe, ns, event)
             settled, *_ = await pipe.execute(raise_on_error=False)
         if isinstance(settled, NoScriptError):  # Redis restarted: the script never ran, so run it now
-            await self._finish(keys=[key], args=[instance, state.value, result])
+            await self._finish(keys=keys, args=[instance, state.value, result])
         elif isinstance(settled, Exception):
             raise settled
 
     async def complete(
-        self, ns: str, machine_id: str, job_id: str, instance: str, state: JobState, result: bytes
+        self,
+        ns: str,
+        machine_id: str,
+        job_id: str,
+        instance: str,
+        state: JobState,
+        result: bytes,
+        *,
+        kind: JobKind,
+        code: str = "",
     ) -> bool:
         """Store the result (fenced by instance) and push a reply to every waiting hub."""
         k = self.keys
         out = await self._complete(
-            keys=[k.job(ns, machine_id, job_id), k.waiters(ns, machine_id, job_id)],
-            args=[instance, state.value, result],
+            keys=[
+                k.job(ns, machine_id, job_id),
+                k.waiters(ns, machine_id, job_id),
+                k.running(ns, machine_id),
+                k.stats(ns, machine_id),
+            ],
+            args=[instance, state.value, result, job_id],
         )
-        return await self._notify(out, machine_id, job_id, state, result)
+        event = JobEvent(job_id=job_id, machine_id=machine_id, kind=kind, state=state, code=code or None)
+        return await self._notify(out, ns, event, result)
 
     async def recover(
-        self, ns: str, machine_id: str, job_id: str, old_instance: str, instance: str, state: JobState, result: bytes
+        self,
+        ns: str,
+        machine_id: str,
+        job_id: str,
+        old_instance: str,
+        instance: str,
+        state: JobState,
+        result: bytes,
+        *,
+        kind: JobKind,
+        code: str = "",
     ) -> bool:
         """Finish a job an earlier, now gone, instance of this agent claimed."""
         k = self.keys
         out = await self._recover(
-            keys=[k.job(ns, machine_id, job_id), k.waiters(ns, machine_id, job_id), k.heartbeat(ns, machine_id)],
-            args=[old_instance, instance, state.value, result],
+            keys=[
+                k.job(ns, machine_id, job_id),
+                k.waiters(ns, machine_id, job_id),
+                k.heartbeat(ns, machine_id),
+                k.running(ns, machine_id),
+                k.stats(ns, machine_id),
+            ],
+            args=[old_instance, instance, state.value, result, job_id],
         )
-        return await self._notify(out, machine_id, job_id, state, result)
+        event = JobEvent(job_id=job_id, machine_id=machine_id, kind=kind, state=state, code=code or None)
+        return await self._notify(out, ns, event, result)
 
-    async def _notify(self, out: list[Any], machine_id: str, job_id: str, state: JobState, result: bytes) -> bool:
+    async def _notify(self, out: list[Any], ns: str, event: JobEvent, result: bytes) -> bool:
         if _s(out[0]) != "done":
             return False
+        state = JobState(event.state)
         reply = _reply_encoder.encode(
-            Reply(job_id=job_id, machine_id=machine_id, state=state, result=msgspec.Raw(result))
+            Reply(job_id=event.job_id, machine_id=event.machine_id, state=state, result=msgspec.Raw(result))
         )
         # Replies are notifications: pushing one twice is harmless, the hub resolves a job once.
         async with self.redis.pipeline(transaction=False) as pipe:
             for inbox in dict.fromkeys(_s(x) for x in out[1:] if x):
                 pipe.lpush(inbox, reply)
                 pipe.pexpire(inbox, INBOX_TTL_MS)
+            self.events.add(pipe, ns, event)
             await pipe.execute()
         return True
 

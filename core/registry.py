@@ -7,12 +7,14 @@ machines' clocks are ever compared. `lastSeen` is the Redis time of the last hea
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 import msgspec
 from redis.asyncio import Redis
 
 from core import scripts
 from core.errors import RegistrationError
+from core.events import EventLog, MachineEvent
 from core.keys import Keys
 from core.schemas import Machine, MachineMetadata
 
@@ -33,6 +35,8 @@ class Registry:
         self.keys = keys
         self._heartbeat = redis.register_script(scripts.HEARTBEAT)
         self._release = redis.register_script(scripts.RELEASE)
+        self._set_state = redis.register_script(scripts.SET_STATE)
+        self.events = EventLog(keys)
 
     async def register(self, ns: str, machine_id: str, metadata: MachineMetadata) -> None:
         """Claim the id for `ns` (first registration wins) and record the machine. Idempotent."""
@@ -60,6 +64,13 @@ class Registry:
     async def release(self, ns: str, machine_id: str, instance: str) -> None:
         """Clean stop: the machine leaves the online list at once."""
         await self._release(keys=[self.keys.heartbeat(ns, machine_id)], args=[instance])
+
+    async def set_state(self, ns: str, machine_id: str, state: Literal["online", "offline"]) -> bool:
+        """Record the machine as online or offline and publish the change; False if unchanged."""
+        if not await self._set_state(keys=[self.keys.info(ns, machine_id)], args=[state]):
+            return False
+        await self.events.publish(self.redis, ns, MachineEvent(machine_id=machine_id, state=state))
+        return True
 
     async def online(self, ns: str) -> list[Machine]:
         """Online machines of one namespace, sorted by id; cost grows only with that namespace."""

@@ -12,10 +12,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: heartbeat, mailbox, job, idempotency, info
+# KEYS: heartbeat, mailbox, job, idempotency, info, job history, stats
 # ARGV: job id, kind, args to keep on the record, mailbox envelope, claim timeout ms, timeout ms,
 #       retention ms, idempotency record ('' for none), idempotency ttl ms, machine id,
-#       offline result, reply inbox
+#       offline result, reply inbox, history length
 ENQUEUE = (
     NOW
     + """
@@ -25,10 +25,14 @@ if ARGV[8] ~= '' then
   if existing then return {'duplicate', existing} end
 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'exists', ARGV[1]} end
+redis.call('ZADD', KEYS[6], now, ARGV[1])
+local extra = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[13])
+if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, extra - 1) end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[3], 'kind', ARGV[2], 'machineId', ARGV[10], 'state', 'failed',
     'createdMs', now, 'finishedMs', now, 'result', ARGV[11])
   redis.call('PEXPIRE', KEYS[3], ARGV[7])
+  redis.call('HINCRBY', KEYS[7], 'failed', 1)
   return {'offline', ARGV[1]}
 end
 local claim_by = now + tonumber(ARGV[5])
@@ -62,7 +66,7 @@ return {f[1], f[2] or '', now, f[3] or '0', f[4] or '0'}
 """
 )
 
-# KEYS: job. ARGV: agent instance id.
+# KEYS: job, running set, stats. ARGV: agent instance id, job id.
 CLAIM = (
     NOW
     + """
@@ -71,14 +75,16 @@ if not f[1] then return {'missing'} end
 if f[1] ~= 'queued' then return {'taken', f[1]} end
 if now > tonumber(f[2]) then
   redis.call('HSET', KEYS[1], 'state', 'expired', 'finishedMs', now)
+  redis.call('HINCRBY', KEYS[3], 'expired', 1)
   return {'late'}
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'claimedBy', ARGV[1], 'claimedMs', now)
+redis.call('SADD', KEYS[2], ARGV[2])
 return {'claimed'}
 """
 )
 
-# KEYS: job, waiters. ARGV: agent instance id, final state, result.
+# KEYS: job, waiters, running set, stats. ARGV: agent instance id, final state, result, job id.
 # Fenced by the instance id: an agent that was paused or replaced cannot overwrite the job.
 COMPLETE = (
     NOW
@@ -87,6 +93,8 @@ local f = redis.call('HMGET', KEYS[1], 'state', 'claimedBy', 'replyTo')
 if not f[1] then return {'missing'} end
 if f[2] ~= ARGV[1] or (f[1] ~= 'running' and f[1] ~= 'unknown') then return {'stale', f[1]} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'finishedMs', now)
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 local out = {'done', f[3]}
 for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
 redis.call('DEL', KEYS[2])
@@ -94,7 +102,7 @@ return out
 """
 )
 
-# KEYS: job. ARGV: agent instance id, final state, result.
+# KEYS: job, stats. ARGV: agent instance id, final state, result.
 # A read-only job (a path check) runs without a claim and is settled in one step: it counts only
 # while the hub still waits (state queued); a late result changes nothing, as nothing was changed.
 FINISH = (
@@ -104,11 +112,13 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' then return {'refused', state or 'missing'} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'claimedBy', ARGV[1],
   'claimedMs', now, 'finishedMs', now)
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 return {'done'}
 """
 )
 
-# KEYS: job, waiters, heartbeat. ARGV: previous instance, this instance, final state, result.
+# KEYS: job, waiters, heartbeat, running set, stats.
+# ARGV: previous instance, this instance, final state, result, job id.
 # The one way a restarted agent may finish a job its previous incarnation claimed: only when
 # that instance claimed it and no longer holds the machine's heartbeat.
 RECOVER = (
@@ -119,6 +129,8 @@ if not f[1] then return {'missing'} end
 if f[2] ~= ARGV[1] or (f[1] ~= 'running' and f[1] ~= 'unknown') then return {'stale', f[1]} end
 if redis.call('HGET', KEYS[3], 'instance') == ARGV[1] then return {'alive'} end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4], 'finishedMs', now, 'recoveredBy', ARGV[2])
+redis.call('SREM', KEYS[4], ARGV[5])
+redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
 local out = {'done', f[3]}
 for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
 redis.call('DEL', KEYS[2])
@@ -126,7 +138,8 @@ return out
 """
 )
 
-# KEYS: job. ARGV: 'expire' (queued -> expired) or 'give_up' (also running -> unknown).
+# KEYS: job, running set, stats.
+# ARGV: 'expire' (queued -> expired) or 'give_up' (also running -> unknown), job id.
 ABANDON = (
     NOW
     + """
@@ -134,10 +147,13 @@ local f = redis.call('HMGET', KEYS[1], 'state', 'result')
 if not f[1] then return {'missing'} end
 if f[1] == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'expired', 'finishedMs', now)
+  redis.call('HINCRBY', KEYS[3], 'expired', 1)
   return {'expired', ''}
 end
 if f[1] == 'running' and ARGV[1] == 'give_up' then
   redis.call('HSET', KEYS[1], 'state', 'unknown')
+  redis.call('SREM', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], 'unknown', 1)
   return {'unknown', ''}
 end
 return {f[1], f[2] or ''}
@@ -151,7 +167,10 @@ HEARTBEAT = (
     + """
 redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'seenMs', now, 'metadata', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return redis.call('EXISTS', KEYS[2])
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+-- Kept on the registration record, so an offline machine still shows when it was last seen.
+redis.call('HSET', KEYS[2], 'lastSeenMs', now)
+return 1
 """
 )
 
@@ -162,3 +181,14 @@ if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
 end
 return 0
 """
+
+# KEYS: info. ARGV: online | offline. Returns 1 when the state changed (then tell the watchers).
+SET_STATE = (
+    NOW
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'state') == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'stateSinceMs', now)
+return 1
+"""
+)

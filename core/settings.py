@@ -43,6 +43,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_retention_s: float = 86400.0
     paths_job_retention_s: float = 60.0
     idempotency_ttl_s: float = 86400.0
+    job_history_per_machine: int = 1000
+    max_events: int = 10_000
 
     # Agent.
     namespace: str = "default"

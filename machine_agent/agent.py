@@ -17,14 +17,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
+import msgspec
 from redis.exceptions import RedisError
 
 from core.connections import blocking_client, request_client
 from core.errors import SettingsError
+from core.events import JobEvent
 from core.keys import Keys
 from core.queue import JobQueue
 from core.registry import Registry
-from core.schemas import Envelope, JobKind
+from core.schemas import CLAIMED_KINDS, Envelope, JobKind, JobState
 from core.settings import Settings
 from machine_agent import identity
 from machine_agent.executor import Executor, failpoint
@@ -43,6 +45,23 @@ SHUTDOWN_GRACE_S = 10.0
 
 def session_running(session_id: str) -> bool:
     return find_by_env("MACHINE_HUB_SESSION_ID", session_id) is not None
+
+
+class _Failure(msgspec.Struct):
+    code: str | None = None
+
+
+_failure = msgspec.json.Decoder(_Failure)
+
+
+def _failure_code(state: JobState, result: bytes) -> str:
+    """The `code` of a failed job's result, for the event that reports it."""
+    if state is JobState.SUCCEEDED:
+        return ""
+    try:
+        return _failure.decode(result).code or ""
+    except msgspec.DecodeError:
+        return ""
 
 
 def choose_launcher(settings: Settings) -> Launcher | TmuxLauncher:
@@ -105,6 +124,7 @@ class Agent:
     async def _register(self) -> None:
         await self.registry.register(self.ns, self.machine_id, identity.metadata(self.launcher.name))
         await self._beat()
+        await self.registry.set_state(self.ns, self.machine_id, "online")
         log.info("machine %s online in namespace %s (instance %s)", self.machine_id, self.ns, self.instance)
         # Only after our heartbeat replaced the old instance's may we settle what it left open.
         await recover(
@@ -136,6 +156,7 @@ class Agent:
             await asyncio.wait(self._jobs, timeout=SHUTDOWN_GRACE_S)
         with contextlib.suppress(RedisError, OSError):
             await self.registry.release(self.ns, self.machine_id, self.instance)
+            await self.registry.set_state(self.ns, self.machine_id, "offline")
         await self.launcher.close()
         self.journal.close()
         await self.redis.aclose()
@@ -176,24 +197,36 @@ class Agent:
     async def _handle(self, job: Envelope) -> None:
         async with self._slots:
             try:
-                if job.kind is JobKind.SPAWN:
-                    await self._spawn(job)
+                if job.kind in CLAIMED_KINDS:
+                    await self._claimed(job)
                 else:
                     state, result = await self.executor.run(job)
-                    await self.queue.finish(self.ns, self.machine_id, job, self.instance, state, result)
+                    await self.queue.finish(
+                        self.ns, self.machine_id, job, self.instance, state, result, code=_failure_code(state, result)
+                    )
             except RedisError as exc:
                 log.warning("job %s: Redis failed: %s", job.job_id, exc)
 
-    async def _spawn(self, job: Envelope) -> None:
+    async def _claimed(self, job: Envelope) -> None:
+        """A job that changes the machine: claimed first, and for a spawn, journaled around it."""
         if not await self.queue.claim(self.ns, self.machine_id, job.job_id, self.instance):
             return  # past its claim deadline or already taken: never run it
-        self._journal(Event.CLAIMED, job.job_id)
-        failpoint(self.settings, "after_claim")
+        spawn = job.kind is JobKind.SPAWN
+        if spawn:
+            self._journal(Event.CLAIMED, job.job_id)
+            failpoint(self.settings, "after_claim")
+        running = JobEvent(job_id=job.job_id, machine_id=self.machine_id, kind=job.kind, state=JobState.RUNNING)
+        await self.queue.events.publish(self.redis, self.ns, running)
         state, result = await self.executor.run(job)
-        failpoint(self.settings, "before_complete")
-        if not await self.queue.complete(self.ns, self.machine_id, job.job_id, self.instance, state, result):
+        if spawn:
+            failpoint(self.settings, "before_complete")
+        code = _failure_code(state, result)
+        if not await self.queue.complete(
+            self.ns, self.machine_id, job.job_id, self.instance, state, result, kind=job.kind, code=code
+        ):
             log.warning("job %s: result refused (another instance owns it now)", job.job_id)
-        self._journal(Event.REPORTED, job.job_id)
+        if spawn:
+            self._journal(Event.REPORTED, job.job_id)
 
     def _journal(self, event: Event, job_id: str) -> None:
         # Not fsynced: losing these to a power cut only makes a report less precise ("unknown").

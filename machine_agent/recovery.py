@@ -13,7 +13,7 @@ from collections.abc import Callable
 import msgspec
 
 from core.queue import JobQueue
-from core.schemas import JobState, SpawnResult
+from core.schemas import JobKind, JobState, SpawnResult
 from machine_agent.journal import Entry, Event, JobRecord, Journal, now_ms
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,15 @@ async def recover(
         result = outcome(record, session_running)
         state = JobState.SUCCEEDED if result.success else JobState.FAILED
         done = await queue.recover(
-            ns, machine_id, record.job_id, record.instance, instance, state, _encoder.encode(result)
+            ns,
+            machine_id,
+            record.job_id,
+            record.instance,
+            instance,
+            state,
+            _encoder.encode(result),
+            kind=JobKind.SPAWN,
+            code=result.code or "",
         )
         log.info(
             "job %s of instance %s: %s (%s)",

@@ -479,7 +479,9 @@ async def test_give_up_marks_a_running_job_unknown_and_its_claimer_can_still_com
     assert status.state == JobState.UNKNOWN
     assert (await _job(queue, "job-1"))["state"] == JobState.UNKNOWN
 
-    assert await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b'{"success":true}')
+    assert await queue.complete(
+        NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b'{"success":true}', kind=JobKind.SPAWN
+    )
     job = await _job(queue, "job-1")
     assert job["state"] == JobState.SUCCEEDED
     assert job["result"] == '{"success":true}'
@@ -599,7 +601,7 @@ async def test_complete_by_another_instance_is_fenced(
     await _enqueue(queue, "job-1")
     assert await queue.claim(NS, MACHINE, "job-1", INSTANCE)
 
-    assert not await queue.complete(NS, MACHINE, "job-1", OTHER_INSTANCE, JobState.SUCCEEDED, b"{}")
+    assert not await queue.complete(NS, MACHINE, "job-1", OTHER_INSTANCE, JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN)
 
     job = await _job(queue, "job-1")
     assert job["state"] == JobState.RUNNING
@@ -612,8 +614,8 @@ async def test_complete_of_an_unclaimed_job_is_refused(queue: JobQueue, registry
     await _online(registry)
     await _enqueue(queue, "job-1")
 
-    assert not await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b"{}")
-    assert not await queue.complete(NS, MACHINE, "nope", INSTANCE, JobState.SUCCEEDED, b"{}")
+    assert not await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN)
+    assert not await queue.complete(NS, MACHINE, "nope", INSTANCE, JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN)
     assert (await _job(queue, "job-1"))["state"] == JobState.QUEUED
     assert await queue.job(NS, MACHINE, "nope") is None
 
@@ -624,10 +626,14 @@ async def test_complete_of_a_final_job_is_refused(
     await _online(registry)
     await _enqueue(queue, "job-1", reply_to=inbox)
     assert await queue.claim(NS, MACHINE, "job-1", INSTANCE)
-    assert await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b'{"success":true}')
+    assert await queue.complete(
+        NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b'{"success":true}', kind=JobKind.SPAWN
+    )
     assert len(await _replies(queue, blocking, inbox)) == 1
 
-    assert not await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.FAILED, b'{"success":false}')
+    assert not await queue.complete(
+        NS, MACHINE, "job-1", INSTANCE, JobState.FAILED, b'{"success":false}', kind=JobKind.SPAWN
+    )
 
     job = await _job(queue, "job-1")
     assert job["state"] == JobState.SUCCEEDED
@@ -655,7 +661,9 @@ async def test_complete_pushes_a_reply_to_the_reply_inbox_and_every_attached_inb
     # Attaching with the reply inbox itself must not make that hub get the reply twice.
     await queue.attach(NS, MACHINE, "job-1", inbox, RETENTION_MS)
 
-    assert await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b'{"success":true}')
+    assert await queue.complete(
+        NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b'{"success":true}', kind=JobKind.SPAWN
+    )
 
     for address in (inbox, other_inbox, third_inbox):
         replies = await _replies(queue, blocking, address)
@@ -673,7 +681,7 @@ async def test_reply_inbox_expires(queue: JobQueue, registry: Registry, redis: R
     await _online(registry)
     await _enqueue(queue, "job-1", reply_to=inbox)
     assert await queue.claim(NS, MACHINE, "job-1", INSTANCE)
-    assert await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.FAILED, b"{}")
+    assert await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.FAILED, b"{}", kind=JobKind.SPAWN)
 
     assert 0 < await redis.pttl(inbox) <= INBOX_TTL_MS
 
@@ -690,14 +698,18 @@ async def test_recover_is_refused_while_the_old_instance_holds_the_heartbeat_and
     other_inbox = keys.inbox(NS, "hub-2")
     assert (await queue.attach(NS, MACHINE, "job-1", other_inbox, RETENTION_MS)).state == JobState.RUNNING
 
-    assert not await queue.recover(NS, MACHINE, "job-1", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b"{}")
+    assert not await queue.recover(
+        NS, MACHINE, "job-1", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN
+    )
     job = await _job(queue, "job-1")
     assert job["state"] == JobState.RUNNING
     assert "recoveredBy" not in job
     assert await _replies(queue, blocking, inbox) == []
 
     await _heartbeat(registry, OTHER_INSTANCE)
-    assert await queue.recover(NS, MACHINE, "job-1", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b'{"success":true}')
+    assert await queue.recover(
+        NS, MACHINE, "job-1", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b'{"success":true}', kind=JobKind.SPAWN
+    )
 
     job = await _job(queue, "job-1")
     assert job["state"] == JobState.SUCCEEDED
@@ -711,8 +723,10 @@ async def test_recover_is_refused_while_the_old_instance_holds_the_heartbeat_and
         assert msgspec.json.decode(bytes(replies[0].result)) == {"success": True}
     assert await redis.exists(keys.waiters(NS, MACHINE, "job-1")) == 0
     # Settled once: a second recovery (or a late complete by the old instance) changes nothing.
-    assert not await queue.recover(NS, MACHINE, "job-1", INSTANCE, OTHER_INSTANCE, JobState.FAILED, b"{}")
-    assert not await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.FAILED, b"{}")
+    assert not await queue.recover(
+        NS, MACHINE, "job-1", INSTANCE, OTHER_INSTANCE, JobState.FAILED, b"{}", kind=JobKind.SPAWN
+    )
+    assert not await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.FAILED, b"{}", kind=JobKind.SPAWN)
     assert (await _job(queue, "job-1"))["state"] == JobState.SUCCEEDED
 
 
@@ -724,7 +738,9 @@ async def test_recover_is_accepted_when_no_instance_holds_the_heartbeat(
     assert await queue.claim(NS, MACHINE, "job-1", INSTANCE)
     await registry.release(NS, MACHINE, INSTANCE)
 
-    assert await queue.recover(NS, MACHINE, "job-1", INSTANCE, OTHER_INSTANCE, JobState.FAILED, b'{"code":"lost"}')
+    assert await queue.recover(
+        NS, MACHINE, "job-1", INSTANCE, OTHER_INSTANCE, JobState.FAILED, b'{"code":"lost"}', kind=JobKind.SPAWN
+    )
 
     job = await _job(queue, "job-1")
     assert job["state"] == JobState.FAILED
@@ -740,7 +756,9 @@ async def test_recover_for_a_wrong_old_instance_is_refused(
     assert await queue.claim(NS, MACHINE, "job-1", INSTANCE)
     await _heartbeat(registry, "agent-c")
 
-    assert not await queue.recover(NS, MACHINE, "job-1", OTHER_INSTANCE, "agent-c", JobState.SUCCEEDED, b"{}")
+    assert not await queue.recover(
+        NS, MACHINE, "job-1", OTHER_INSTANCE, "agent-c", JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN
+    )
 
     job = await _job(queue, "job-1")
     assert job["state"] == JobState.RUNNING
@@ -759,11 +777,17 @@ async def test_recover_of_an_unknown_job_is_accepted_and_of_an_unclaimed_or_miss
     assert (await queue.abandon(NS, MACHINE, "given-up", give_up=True)).state == JobState.UNKNOWN
     await _heartbeat(registry, OTHER_INSTANCE)
 
-    assert await queue.recover(NS, MACHINE, "given-up", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b"{}")
+    assert await queue.recover(
+        NS, MACHINE, "given-up", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN
+    )
     assert (await _job(queue, "given-up"))["state"] == JobState.SUCCEEDED
-    assert not await queue.recover(NS, MACHINE, "queued", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b"{}")
+    assert not await queue.recover(
+        NS, MACHINE, "queued", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN
+    )
     assert (await _job(queue, "queued"))["state"] == JobState.QUEUED
-    assert not await queue.recover(NS, MACHINE, "nope", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b"{}")
+    assert not await queue.recover(
+        NS, MACHINE, "nope", INSTANCE, OTHER_INSTANCE, JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN
+    )
     assert await queue.job(NS, MACHINE, "nope") is None
 
 
@@ -780,7 +804,7 @@ async def test_pop_inbox_waits_on_several_inboxes_and_skips_non_replies(
     await _online(registry)
     await _enqueue(queue, "job-1", reply_to=other_inbox)
     assert await queue.claim(NS, MACHINE, "job-1", INSTANCE)
-    assert await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b"{}")
+    assert await queue.complete(NS, MACHINE, "job-1", INSTANCE, JobState.SUCCEEDED, b"{}", kind=JobKind.SPAWN)
 
     replies = await queue.pop_inbox(blocking, [inbox, other_inbox], 0.1, 10)
     assert [r.job_id for r in replies] == ["job-1"]
@@ -799,7 +823,9 @@ async def test_attach_to_a_final_job_returns_its_state_and_result_without_a_wait
     await _heartbeat(registry)
     await _enqueue(queue, "done-job")
     assert await queue.claim(NS, MACHINE, "done-job", INSTANCE)
-    assert await queue.complete(NS, MACHINE, "done-job", INSTANCE, JobState.SUCCEEDED, b'{"success":true}')
+    assert await queue.complete(
+        NS, MACHINE, "done-job", INSTANCE, JobState.SUCCEEDED, b'{"success":true}', kind=JobKind.SPAWN
+    )
     await _replies(queue, blocking, inbox)
     status = await queue.attach(NS, MACHINE, "done-job", inbox, RETENTION_MS)
     assert status.state == JobState.SUCCEEDED
