@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from api import jobs, routes, sessions
+from api import dashboard, jobs, monitoring, routes, sessions
 from api.errors import EXCEPTION_HANDLERS
 from api.hub import Hub
 from api.limits import BodyLimit
@@ -53,6 +53,8 @@ def create_app(settings: Settings, *, redis: Redis | None = None, blocking: Redi
             Route("/api/machines/{machine_id}/sessions", sessions.list_sessions, methods=["GET"]),
             Route("/api/machines/{machine_id}/sessions/{session_id}/stop", sessions.stop_session, methods=["POST"]),
             Route("/api/jobs/{job_id}", jobs.get_job, methods=["GET"]),
+            *monitoring.routes,
+            *dashboard.routes,
         ],
         middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -98,6 +98,17 @@ def agent(
         raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+@click.option("--log-level", default="info", show_default=True)
+def worker(log_level: str) -> None:
+    """Run the background worker (arq): offline sweeps, job expiry and history trimming."""
+    from worker.main import run
+
+    settings = _settings()
+    _logging(log_level)
+    run(settings)
+
+
 @main.group()
 def token() -> None:
     """Issue, list and revoke bearer tokens (Redis keeps only their SHA-256)."""
