@@ -74,28 +74,79 @@ def api(host: str | None, port: int | None, log_level: str) -> None:
     )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--namespace", callback=_namespace, help="Namespace this machine joins.  [default: default]")
 @click.option("--machine-id", help="Machine id; without it one is made once and kept in --home.")
 @click.option("--home", type=click.Path(file_okay=False), help="Agent state folder.  [default: ~/.machine-hub]")
 @click.option("--root", "roots", multiple=True, help="Only paths under this folder are visible (repeatable).")
 @click.option("--log-level", default="info", show_default=True)
+@click.pass_context
 def agent(
-    namespace: str | None, machine_id: str | None, home: str | None, roots: tuple[str, ...], log_level: str
+    ctx: click.Context,
+    namespace: str | None,
+    machine_id: str | None,
+    home: str | None,
+    roots: tuple[str, ...],
+    log_level: str,
 ) -> None:
-    """Run the machine agent in the foreground: heartbeat, take jobs, start sessions."""
+    """Run the machine agent in the foreground, or as a daemon: start, stop, status, logs."""
+    settings = _settings(namespace=namespace, machine_id=machine_id, home=home, roots=roots or None)
+    home_dir = Path(settings.home).expanduser()
+    # What `agent start` passes on to the agent it starts (the options given here, nothing else).
+    passed = [*(["--namespace", namespace] if namespace else []), *(["--machine-id", machine_id] if machine_id else [])]
+    passed += [arg for root in roots for arg in ("--root", root)] + ["--log-level", log_level]
+    ctx.obj = (settings, home_dir, passed)
+    if ctx.invoked_subcommand is not None:
+        return
     from machine_agent.agent import Agent
+    from machine_agent.home_lock import hold
     from machine_agent.identity import machine_id as resolve_machine_id
 
-    settings = _settings(namespace=namespace, home=home, roots=roots or None)
     _logging(log_level)
-    home_dir = Path(settings.home).expanduser()
     try:
-        mid = resolve_machine_id(home_dir, machine_id or settings.machine_id)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        lock = hold(home_dir)
+        mid = resolve_machine_id(home_dir, settings.machine_id)
+        with lock, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(Agent(settings, machine_id=mid, home=home_dir).run())
     except MachineHubError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@agent.command("start")
+@click.pass_obj
+def agent_start(obj: tuple[Settings, Path, list[str]]) -> None:
+    """Start the agent in the background (one per home); its log is <home>/agent.log."""
+    from machine_hub import daemon
+
+    daemon.start(obj[1], obj[2])
+
+
+@agent.command("stop")
+@click.pass_obj
+def agent_stop(obj: tuple[Settings, Path, list[str]]) -> None:
+    """Stop the background agent of this home (its sessions keep running)."""
+    from machine_hub import daemon
+
+    daemon.stop(obj[1])
+
+
+@agent.command("status")
+@click.pass_obj
+def agent_status(obj: tuple[Settings, Path, list[str]]) -> None:
+    """Machine id, namespace, Redis reachability, heartbeat age and sessions."""
+    from machine_hub import daemon
+
+    daemon.status(obj[0], obj[1])
+
+
+@agent.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.pass_obj
+def agent_logs(obj: tuple[Settings, Path, list[str]], follow: bool) -> None:
+    """Print the background agent's log."""
+    from machine_hub import daemon
+
+    daemon.logs(obj[1], follow)
 
 
 @main.command()
@@ -177,3 +228,13 @@ def dev(port: int, data: str) -> None:
     from machine_hub.devstack import run_dev
 
     run_dev(_settings(), port=port, data=Path(data))
+
+
+def _register_terminal_commands() -> None:
+    from machine_hub.terminal import jobs, machines
+
+    main.add_command(machines)
+    main.add_command(jobs)
+
+
+_register_terminal_commands()
