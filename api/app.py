@@ -9,14 +9,17 @@ from collections.abc import AsyncIterator
 from typing import TypedDict
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from api import dashboard, jobs, monitoring, routes, sessions
 from api.errors import EXCEPTION_HANDLERS
+from api.events import Streams
 from api.hub import Hub
 from api.limits import BodyLimit
+from api.metrics import Metrics, MetricsMiddleware
 from core.connections import blocking_client, request_client
 from core.settings import Settings
 
@@ -25,23 +28,31 @@ log = logging.getLogger(__name__)
 
 class State(TypedDict):
     hub: Hub
+    metrics: Metrics
+    streams: Streams
 
 
 def create_app(settings: Settings, *, redis: Redis | None = None, blocking: Redis | None = None) -> Starlette:
     """Tests may pass their own clients (fakeredis); otherwise they come from `settings`."""
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         hub = Hub(settings, redis or request_client(settings), blocking or blocking_client(settings))
         if not settings.cli_api_token:
             log.warning("CLI_API_TOKEN is not set: only issued tokens (machine-hub token create) are accepted")
+        streams = Streams(settings, redis)  # with a test's client, streams share it
+        metrics.attach(hub)
         reader = asyncio.create_task(hub.inbox.run(), name="inbox-reader")
         try:
-            yield {"hub": hub}
+            yield {"hub": hub, "metrics": metrics, "streams": streams}
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            metrics.detach(hub)
+            if redis is None:
+                await streams.aclose()
             await hub.redis.aclose()
             await hub.blocking.aclose()
 
@@ -56,7 +67,13 @@ def create_app(settings: Settings, *, redis: Redis | None = None, blocking: Redi
             *monitoring.routes,
             *dashboard.routes,
         ],
-        middleware=[Middleware(BodyLimit, max_bytes=settings.max_body_bytes)],
-        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(BodyLimit, max_bytes=settings.max_body_bytes),
+        ],
+        exception_handlers={
+            **EXCEPTION_HANDLERS,
+            RedisError: metrics.count_redis_errors(EXCEPTION_HANDLERS[RedisError]),
+        },
         lifespan=lifespan,
     )

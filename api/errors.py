@@ -22,6 +22,7 @@ STATUS: dict[type[errors.RequestError], int] = {
     errors.AccessDenied: 403,
     errors.InvalidBody: 400,
     errors.InvalidHeader: 400,
+    errors.InvalidQuery: 400,
     errors.BodyTooLarge: 413,
     errors.IdempotencyMismatch: 422,
     errors.SessionNotFound: 404,

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
-routes: list[BaseRoute] = []
+from api import events, health, history, metrics, openapi
+
+routes: list[BaseRoute] = [
+    Route("/api/jobs", history.list_jobs, methods=["GET"]),
+    Route("/api/events", events.events, methods=["GET"]),
+    Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
+    Route("/livez", health.livez, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+    Route("/docs", openapi.docs, methods=["GET"]),
+]

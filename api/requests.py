@@ -5,6 +5,7 @@ The checks run in the contract's order: 401, 503, 404/403, 400, then the work.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -14,6 +15,7 @@ from starlette.responses import Response
 
 from api.dispatch import JobSpec, Outcome, Verdict
 from api.hub import Hub
+from api.metrics import observe_job
 from core.errors import AccessDenied, InvalidBody, InvalidHeader, JobFailed, MachineNotFound, RequestError
 from core.names import valid_machine_id
 from core.registry import Ownership
@@ -68,7 +70,11 @@ async def submit(
 ) -> Outcome:
     # The enqueue script itself checks that the namespace has this machine; only on a miss does
     # the hub look further, to tell 403 from 404.
+    started = time.perf_counter()
     outcome = await hub.dispatcher.submit(ns, machine_id, spec, idempotency_digest=digest, fingerprint=fingerprint)
+    if outcome.verdict is not Verdict.UNREGISTERED:
+        label = outcome.state.value if outcome.verdict is Verdict.DONE and outcome.state else outcome.verdict.value
+        observe_job(hub, spec.kind.value, label, time.perf_counter() - started)
     if outcome.verdict is Verdict.UNREGISTERED:
         await check_owner(hub, ns, machine_id, MachineNotFound)
         return Outcome(outcome.job_id, Verdict.OFFLINE)  # it registered meanwhile, so it was not online

@@ -11,13 +11,14 @@ from starlette.responses import Response
 from api.dispatch import JobSpec, Outcome, Verdict
 from api.hub import hub_of
 from api.requests import decode, encoder, json_response, parse, read_result, submit, target
-from core.errors import InvalidBody, InvalidHeader, PathCheckFailed
+from core.errors import InvalidBody, InvalidHeader, InvalidQuery, PathCheckFailed
 from core.names import worktree_slug
 from core.schemas import (
     MAX_PATH_BYTES,
     MAX_PROMPT_BYTES,
     JobKind,
     MachineList,
+    MachineStatusList,
     PathsRequest,
     PathsResult,
     SpawnRequest,
@@ -32,9 +33,23 @@ _paths_result_decoder = msgspec.json.Decoder(PathsResult)
 MAX_IDEMPOTENCY_KEY = 255
 
 
+INCLUDE_VALUES = ("offline",)
+
+
+def _include_offline(request: Request) -> bool:
+    """`?include=offline` (repeatable or comma-separated); any other value is a 400."""
+    values = [v.strip() for raw in request.query_params.getlist("include") for v in raw.split(",")]
+    for value in values:
+        if value not in INCLUDE_VALUES:
+            raise InvalidQuery(f"include must be one of {', '.join(INCLUDE_VALUES)}, not {value!r} - at `include`")
+    return bool(values)
+
+
 async def list_machines(request: Request) -> Response:
     hub = hub_of(request)
     ns = await hub.authenticate(request)
+    if _include_offline(request):
+        return json_response(MachineStatusList(machines=await hub.registry.statuses(ns)))
     return json_response(MachineList(machines=await hub.registry.online(ns)))
 
 

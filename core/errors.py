@@ -12,6 +12,7 @@
         ├── AccessDenied       403
         ├── InvalidBody        400
         ├── InvalidHeader      400
+        ├── InvalidQuery       400
         ├── BodyTooLarge       413
         ├── SessionNotFound    404
         ├── IdempotencyMismatch 422
@@ -79,6 +80,10 @@ class InvalidBody(RequestError):
 
 class InvalidHeader(RequestError):
     message = "Invalid header"
+
+
+class InvalidQuery(RequestError):
+    message = "Invalid query"
 
 
 class BodyTooLarge(RequestError):

@@ -16,7 +16,8 @@ from core import scripts
 from core.errors import RegistrationError
 from core.events import EventLog, MachineEvent
 from core.keys import Keys
-from core.schemas import Machine, MachineMetadata
+from core.names import valid_namespace
+from core.schemas import Machine, MachineMetadata, MachineStatus
 
 _metadata_decoder = msgspec.json.Decoder(MachineMetadata)
 
@@ -25,6 +26,25 @@ class Ownership(enum.Enum):
     MINE = "mine"
     FOREIGN = "foreign"
     UNKNOWN = "unknown"
+
+
+class Fleet(msgspec.Struct, frozen=True):
+    """One namespace's counts, read from Redis at once for the shared metrics."""
+
+    registered: int
+    online: int
+    queued: int
+    running: int
+    finished: dict[str, int]
+
+
+def _metadata(raw: bytes | None) -> MachineMetadata | None:
+    if raw is None:
+        return None
+    try:
+        return _metadata_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
 
 
 class Registry:
@@ -108,3 +128,70 @@ class Registry:
         if owner is None:
             return Ownership.UNKNOWN
         return Ownership.MINE if owner.decode() == ns else Ownership.FOREIGN
+
+    async def machine_ids(self, ns: str) -> list[str]:
+        """Ids of every machine registered in `ns`, online or not, sorted."""
+        return sorted(m.decode() for m in await self.redis.smembers(self.keys.machines(ns)))
+
+    async def statuses(self, ns: str) -> list[MachineStatus]:
+        """Every registered machine of `ns`, online or not, sorted by id, with its queue counts."""
+        ids = sorted(m.decode() for m in await self.redis.smembers(self.keys.machines(ns)))
+        if not ids:
+            return []
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for machine_id in ids:
+                pipe.hmget(k.heartbeat(ns, machine_id), "seenMs", "metadata")
+                pipe.hmget(k.info(ns, machine_id), "lastSeenMs", "metadata")
+                pipe.llen(k.mailbox(ns, machine_id))
+                pipe.scard(k.running(ns, machine_id))
+            rows = await pipe.execute()
+        out = []
+        for i, machine_id in enumerate(ids):
+            (seen, hb_meta), (last_seen, info_meta), depth, in_flight = rows[4 * i : 4 * i + 4]
+            online = seen is not None and hb_meta is not None
+            out.append(
+                MachineStatus(
+                    id=machine_id,
+                    namespace=ns,
+                    metadata=_metadata(hb_meta) if online else _metadata(info_meta),
+                    last_seen=int(seen) if online else (int(last_seen) if last_seen is not None else None),
+                    online=online,
+                    queue_depth=int(depth),
+                    in_flight=int(in_flight),
+                )
+            )
+        return out
+
+    async def namespaces(self) -> list[str]:
+        """Every namespace that has registered a machine (a SCAN: for metrics, not requests)."""
+        head, tail = f"{self.keys.prefix}:ns:", ":machines"
+        found: set[str] = set()
+        async for key in self.redis.scan_iter(match=f"{head}*{tail}", count=1000):
+            name = key.decode()[len(head) : -len(tail)]
+            if valid_namespace(name) and self.keys.machines(name) == key.decode():
+                found.add(name)
+        return sorted(found)
+
+    async def fleet(self, ns: str) -> Fleet:
+        """Machines online, jobs queued (mailbox lengths), running, and final-state counters of `ns`."""
+        ids = [m.decode() for m in await self.redis.smembers(self.keys.machines(ns))]
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for machine_id in ids:
+                pipe.exists(k.heartbeat(ns, machine_id))
+                pipe.llen(k.mailbox(ns, machine_id))
+                pipe.scard(k.running(ns, machine_id))
+                pipe.hgetall(k.stats(ns, machine_id))
+            rows = await pipe.execute() if ids else []
+        online = queued = running = 0
+        finished: dict[str, int] = {}
+        for i in range(len(ids)):
+            alive, depth, in_flight, stats = rows[4 * i : 4 * i + 4]
+            online += int(bool(alive))
+            queued += int(depth)
+            running += int(in_flight)
+            for state, count in stats.items():
+                name = state.decode() if isinstance(state, bytes) else str(state)
+                finished[name] = finished.get(name, 0) + int(count)
+        return Fleet(registered=len(ids), online=online, queued=queued, running=running, finished=finished)

@@ -171,3 +171,37 @@ class Machine(Message):
 
 class MachineList(Message):
     machines: list[Machine]
+
+
+class MachineStatus(Message, omit_defaults=False):
+    """GET /api/machines?include=offline: a machine, online or not, with its queue counts.
+
+    `last_seen` is the last heartbeat (Redis clock, ms), or None for a machine never seen.
+    """
+
+    id: str
+    namespace: str
+    metadata: MachineMetadata | None
+    last_seen: int | None
+    online: bool
+    queue_depth: int
+    in_flight: int
+
+
+class MachineStatusList(Message):
+    machines: list[MachineStatus]
+
+
+class JobSummary(JobView, omit_defaults=False):
+    """One item of GET /api/jobs: the job's view plus its latency and failure, if any."""
+
+    latency_ms: int | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+class JobPage(Message, omit_defaults=False):
+    """GET /api/jobs: newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    jobs: list[JobSummary]
+    next_cursor: str | None = None

@@ -192,3 +192,66 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1], 'stateSinceMs', now)
 return 1
 """
 )
+
+# The background worker's sweeps (core.sweeps). Each acts only on what it saw, so running a sweep
+# twice, or on two workers at once, changes nothing the second time.
+
+# KEYS: info, heartbeat. ARGV: online | offline.
+# SET_STATE, but only while the heartbeat agrees: a machine that came back between the sweep's
+# read and this script is not marked offline (nor a vanished one online). Returns 1 on a change.
+SWEEP_STATE = (
+    NOW
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local beating = redis.call('EXISTS', KEYS[2]) == 1
+if beating ~= (ARGV[1] == 'online') then return 0 end
+if redis.call('HGET', KEYS[1], 'state') == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'stateSinceMs', now)
+return 1
+"""
+)
+
+# KEYS: mailbox, heartbeat. Takes every envelope off an offline machine's mailbox (oldest last),
+# none while the machine has a heartbeat.
+DRAIN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return items
+"""
+
+# KEYS: job, waiters, stats, heartbeat. ARGV: result for claimed kinds, result for read-only kinds.
+# Fails a job still queued on a machine without a heartbeat; returns its kind and reply addresses.
+FAIL_QUEUED = (
+    NOW
+    + """
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'alive'} end
+local f = redis.call('HMGET', KEYS[1], 'state', 'kind', 'replyTo')
+if f[1] ~= 'queued' then return {'skip', f[1] or 'missing'} end
+local result = ARGV[2]
+if f[2] == 'spawn' or f[2] == 'stop' then result = ARGV[1] end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'result', result, 'finishedMs', now)
+redis.call('HINCRBY', KEYS[3], 'failed', 1)
+local out = {'done', f[2] or '', result, f[3] or ''}
+for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
+redis.call('DEL', KEYS[2])
+return out
+"""
+)
+
+# KEYS: job, running set, stats, heartbeat. ARGV: job id, the instance the sweep saw claim it.
+# running -> unknown when the claiming instance no longer holds the heartbeat; a running-set entry
+# whose job is no longer running (or gone) is dropped.
+LOSE_RUNNING = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'claimedBy', 'kind')
+if f[1] ~= 'running' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  return {'skip', f[1] or 'missing'}
+end
+if f[2] ~= ARGV[2] then return {'skip', 'reclaimed'} end
+if redis.call('HGET', KEYS[4], 'instance') == f[2] then return {'alive'} end
+redis.call('HSET', KEYS[1], 'state', 'unknown')
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'unknown', 1)
+return {'unknown', f[3] or ''}
+"""

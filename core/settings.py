@@ -45,6 +45,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idempotency_ttl_s: float = 86400.0
     job_history_per_machine: int = 1000
     max_events: int = 10_000
+    metrics_token: str = ""  # when set, GET /metrics needs `Authorization: Bearer <it>`
+    max_event_streams: int = 100  # open GET /api/events streams per hub process; more get 503
 
     # Agent.
     namespace: str = "default"
@@ -60,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_stop_grace_s: float = 5.0
     launcher: str = "auto"  # tmux when it is installed, else the pseudo-terminal launcher; or tmux | pty
     tmux_socket: str = "machine-hub"
+    # Background worker (arq): sweeps, history trimming, its own health key.
+    sweep_interval_s: float = 5.0  # whole seconds: arq's cron runs on wall-clock second marks
+    trim_interval_s: float = 60.0
+    worker_health_check_interval_s: float = 10.0
+
     # Test hook: the agent SIGKILLs itself at this point of a spawn (after_claim, after_intent,
     # after_spawn, before_complete) so tests can prove what a crash there leaves behind.
     failpoint: str = ""

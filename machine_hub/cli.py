@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -62,6 +64,9 @@ def api(host: str | None, port: int | None, log_level: str) -> None:
 
     settings = _settings(host=host, port=port)
     _logging(log_level)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler that
+    # was there before it: make that one end the process as the clean stop it was.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -150,12 +155,15 @@ def agent_logs(obj: tuple[Settings, Path, list[str]], follow: bool) -> None:
 
 
 @main.command()
+@click.option("--check", is_flag=True, help="Exit 0 if some worker is alive (a container health check).")
 @click.option("--log-level", default="info", show_default=True)
-def worker(log_level: str) -> None:
+def worker(check: bool, log_level: str) -> None:
     """Run the background worker (arq): offline sweeps, job expiry and history trimming."""
-    from worker.main import run
+    from worker.main import check as alive, run
 
     settings = _settings()
+    if check:
+        sys.exit(alive(settings))
     _logging(log_level)
     run(settings)
 

@@ -1,4 +1,4 @@
-"""`machine-hub dev`: find or start Redis, then run the hub and one local agent until Ctrl-C."""
+"""`machine-hub dev`: find or start Redis, then run the hub, one local agent and the worker until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ def run_dev(settings: Settings, *, port: int, data: Path) -> None:
     processes = [
         subprocess.Popen([*me, "api", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env),
         subprocess.Popen([*me, "agent", "--log-level", "warning"], env=env),
+        subprocess.Popen([*me, "worker", "--log-level", "warning"], env=env),
     ]
     url = f"http://127.0.0.1:{port}"
     try:
