@@ -1,0 +1,296 @@
+"""docker-compose.yml, proven without a Docker engine: its services run as local processes.
+
+Redis, three hub replicas on loopback aliases behind Caddy (which finds them through DNS, as in
+compose), the worker and the demo agent, all started with the commands and environment the
+compose file gives them. Then a hub is killed and another added while requests flow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import yaml
+
+from machine_hub.redis_server import RedisServer, free_port
+from tests.e2e.dns import ServiceDns
+from tests.e2e.harness import Process, load_fake_cli, wait_until
+
+ROOT = Path(__file__).parent.parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+HUB_GRACEFUL_SHUTDOWN_S = 5  # machine_hub/cli.py: timeout_graceful_shutdown
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR:-default} substitution."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m.group(1)) or m.group(2) or "", text)
+
+
+def seconds(value: str) -> float:
+    return float(value.rstrip("s"))
+
+
+def test_every_service_is_complete() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name, service in SERVICES.items():
+        assert "healthcheck" in service, f"{name} has no healthcheck"
+        assert service.get("image") or service.get("build"), f"{name} has no image"
+        for dependency in service.get("depends_on", {}).values():
+            assert dependency == {"condition": "service_healthy"}, name
+    for name in ("hub", "worker", "agent"):
+        command = SERVICES[name]["command"]
+        assert (
+            subprocess.run(
+                [sys.executable, "-m", "machine_hub", *command, "--help"], capture_output=True, check=False
+            ).returncode
+            == 0
+        ), f"{name}: machine-hub {command} is not a command"
+        assert seconds(SERVICES[name]["stop_grace_period"]) > HUB_GRACEFUL_SHUTDOWN_S
+    assert SERVICES["hub"]["deploy"]["replicas"] >= 2
+    redis_command = SERVICES["redis"]["command"]
+    for option in ("--appendonly yes", "--appendfsync everysec", "--requirepass", "--maxmemory-policy noeviction"):
+        assert option in redis_command
+    for variable in set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text())):
+        assert f"`{variable}`" in readme, f"{variable} is not documented in the README"
+    caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
+    assert "dynamic a" in caddyfile and "flush_interval -1" in caddyfile and "health_uri /readyz" in caddyfile
+    assert "lb_retry_match" not in caddyfile, "the proxy must never retry a request a hub received"
+    assert (ROOT / "deploy" / "Dockerfile").read_text().count("FROM ") == 2
+
+
+@dataclass
+class Topology:
+    tmp: Path
+    env: dict[str, str]
+    redis: RedisServer
+    dns: ServiceDns
+    proxy_url: str = ""
+    hubs: dict[str, Process] = field(default_factory=dict)
+    others: list[Process] = field(default_factory=list)
+    token: str = ""
+
+    def run(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
+        log = self.tmp / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "machine_hub", *args],
+                env=env or self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.tmp,
+            )
+        return Process(name, popen, log)
+
+    def add_hub(self, address: str) -> Process:
+        command = [address if part == "0.0.0.0" else part for part in SERVICES["hub"]["command"]]
+        hub = self.run(f"hub-{address}", command)
+        hub.url = f"http://{address}:3006"
+        wait_until(lambda: _ok(f"{hub.url}/readyz"), 20, f"hub {address}")
+        self.hubs[address] = hub
+        self.dns.addresses = list(self.hubs)
+        return hub
+
+    def served(self, hub: Process) -> int:
+        """Path checks this hub answered, from its own /metrics."""
+        text = httpx2.get(f"{hub.url}/metrics", timeout=5).text
+        pattern = (
+            r'machine_hub_http_requests_total\{[^}]*route="/api/machines/\{machine_id\}/paths/exists"[^}]*\} (\S+)'
+        )
+        return int(sum(float(v) for v in re.findall(pattern, text)))
+
+    def check(self, directory: Path) -> httpx2.Response:
+        return httpx2.post(
+            f"{self.proxy_url}/api/machines/compose-demo/paths/exists",
+            json={"paths": [str(directory)]},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=20,
+        )
+
+    def spawn(self, directory: Path) -> httpx2.Response:
+        return httpx2.post(
+            f"{self.proxy_url}/api/machines/compose-demo/spawn",
+            json={"directory": str(directory)},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.log_text()[-2000:]}" for p in [*self.hubs.values(), *self.others])
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx2.get(url, timeout=1).status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    tmp = tmp_path_factory.mktemp("compose")
+    bin_dir = tmp / "bin"
+    load_fake_cli().install(bin_dir)
+    workspace = tmp / "workspace"
+    workspace.mkdir()
+    port = free_port()
+    defaults: dict[str, str] = {}
+    redis_args = expand(SERVICES["redis"]["command"], defaults).split()[1:]
+    redis = RedisServer(tmp / "redis", port=port, args=tuple(redis_args)).start()
+    common = {k: expand(str(v), defaults) for k, v in SERVICES["hub"]["environment"].items()}
+    common["REDIS_URL"] = common["REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MACHINE_HUB_") and k != "CLI_API_TOKEN"}
+    env.update(
+        common,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        FAKE_CLI_LOG=str(tmp / "cli.jsonl"),
+        FAKE_CLI_LIFETIME="60",
+        HOME=str(tmp),
+        MACHINE_HUB_KEY_PREFIX="compose",
+        MACHINE_HUB_TMUX_SOCKET=f"mh-compose-{port}",
+        MACHINE_HUB_SWEEP_INTERVAL_S="1",
+    )
+    with ServiceDns("hub.test") as dns:
+        top = Topology(tmp, env, redis, dns)
+        try:
+            for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+                top.add_hub(address)
+            top.others.append(top.run("worker", SERVICES["worker"]["command"]))
+            agent = [str(workspace) if part == "/home/hub/workspace" else part for part in SERVICES["agent"]["command"]]
+            top.others.append(top.run("agent", agent))
+            top.proxy_url = _start_caddy(top)
+            created = subprocess.run(
+                [sys.executable, "-m", "machine_hub", "token", "create", "--namespace", "default"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            top.token = created.stdout.strip()
+            wait_until(lambda: top.check(workspace).status_code == 200, 30, "the demo agent behind the proxy")
+            yield top
+        finally:
+            for process in [*top.hubs.values(), *top.others]:
+                process.kill()
+            subprocess.run(
+                ["tmux", "-L", env["MACHINE_HUB_TMUX_SOCKET"], "kill-server"], capture_output=True, check=False
+            )
+            redis.kill()
+
+
+def _start_caddy(top: Topology) -> str:
+    """deploy/Caddyfile as compose runs it, pointed at the local DNS and a free port."""
+    caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
+    port = free_port()
+    assert ":3006 {" in caddyfile and "dynamic a {" in caddyfile and "refresh 5s" in caddyfile
+    local = caddyfile.replace(":3006 {", f"http://127.0.0.1:{port} {{", 1)
+    local = local.replace("dynamic a {", f"dynamic a {{\n\t\t\tresolvers udp/127.0.0.1:{top.dns.port}", 1)
+    local = local.replace("refresh 5s", "refresh 1s")
+    local = "{\n\tadmin off\n\tauto_https off\n\tskip_install_trust\n}\n" + local
+    config = top.tmp / "Caddyfile"
+    config.write_text(local)
+    log = top.tmp / "caddy.log"
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            ["caddy", "run", "--config", str(config), "--adapter", "caddyfile"],
+            env={**top.env, "HUB_HOST": "hub.test"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    top.others.append(Process("caddy", popen, log))
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _ok(f"{url}/livez"), 20, "caddy")
+    return url
+
+
+def test_requests_through_the_proxy_reach_every_hub(topology: Topology) -> None:
+    before = {address: topology.served(hub) for address, hub in topology.hubs.items()}
+    for _ in range(30):
+        assert topology.check(topology.tmp).status_code == 200
+    after = {address: topology.served(hub) for address, hub in topology.hubs.items()}
+    assert all(after[a] > before[a] for a in before), (before, after)
+
+
+def _stream(topology: Topology, seconds_: float, interrupt: Any, workers: int = 4) -> list[tuple[str, int, Path]]:
+    """Path checks and spawns (each in a directory of its own) from `workers` threads for
+    `seconds_`; `interrupt` runs once, after the first 20 answers."""
+    outcomes: list[tuple[str, int, Path]] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds_
+
+    def worker(n: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            directory = topology.tmp / "workspace" / f"w{n}-{i}-{time.monotonic_ns()}"
+            kind = "spawn" if i % 5 == 0 else "paths"
+            try:
+                status = (topology.spawn(directory) if kind == "spawn" else topology.check(topology.tmp)).status_code
+            except httpx2.TransportError:
+                status = 0
+            with lock:
+                outcomes.append((kind, status, directory))
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(worker, n) for n in range(workers)]
+        wait_until(lambda: len(outcomes) >= 20, seconds_, "the first answers")
+        interrupt()
+        for future in futures:
+            future.result()
+    return outcomes
+
+
+def _launched(topology: Topology) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    log = topology.tmp / "cli.jsonl"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        cwd = re.search(r'"cwd": "([^"]+)"', line)
+        if cwd:
+            counts[cwd.group(1)] = counts.get(cwd.group(1), 0) + 1
+    return counts
+
+
+def test_a_killed_hub_loses_only_its_requests_in_flight_and_no_spawn_runs_twice(topology: Topology) -> None:
+    victim = topology.hubs["127.0.0.3"]
+    outcomes = _stream(topology, 4.5, victim.kill)
+    failed = [o for o in outcomes if o[1] != 200]
+    assert len(failed) <= 4, f"only requests in flight on the killed hub may fail: {failed}\n{topology.logs()}"
+    assert len(outcomes) > 40
+    launched = _launched(topology)
+    spawned = [d for kind, status, d in outcomes if kind == "spawn" and status == 200]
+    assert spawned and all(launched.get(str(d), 0) == 1 for d in spawned)
+    assert all(n == 1 for n in launched.values()), "a spawn ran twice"
+    del topology.hubs["127.0.0.3"]
+    topology.dns.addresses = list(topology.hubs)
+
+
+def test_a_new_hub_starts_taking_traffic(topology: Topology) -> None:
+    hub = topology.add_hub("127.0.0.5")
+
+    def reached() -> bool:
+        for _ in range(5):
+            topology.check(topology.tmp)
+        return topology.served(hub) > 0
+
+    wait_until(reached, 20, "the proxy to send requests to the new hub")
+
+
+def test_a_hub_stopped_under_load_answers_everything(topology: Topology) -> None:
+    leaving = topology.hubs["127.0.0.2"]
+    outcomes = _stream(topology, 4.5, lambda: leaving.signal(signal.SIGTERM))
+    failed = [o for o in outcomes if o[1] != 200]
+    assert not failed, f"a graceful stop must not cut any request: {failed}\n{topology.logs()}"
+    assert leaving.popen.wait(15) == 0
