@@ -138,10 +138,11 @@ def agent_stop(obj: tuple[Settings, Path, list[str]]) -> None:
 @agent.command("status")
 @click.pass_obj
 def agent_status(obj: tuple[Settings, Path, list[str]]) -> None:
-    """Machine id, namespace, Redis reachability, heartbeat age and sessions."""
+    """Machine id, namespace, Redis reachability, heartbeat age and sessions; exit 1 when not live."""
     from machine_hub import daemon
 
-    daemon.status(obj[0], obj[1])
+    if not daemon.status(obj[0], obj[1]):
+        sys.exit(1)
 
 
 @agent.command("logs")

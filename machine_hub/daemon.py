@@ -69,33 +69,36 @@ def stop(home: Path) -> None:
     click.echo(f"agent stopped (pid {pid})")
 
 
-def status(settings: Settings, home: Path) -> None:
+def status(settings: Settings, home: Path) -> bool:
+    """Print the agent's state; True when it runs and its heartbeat is live (a health check)."""
     pid = holder(home)
     id_file = home / ID_FILE
     machine_id = settings.machine_id or (id_file.read_text().strip() if id_file.exists() else "(none yet)")
     click.echo(f"agent:      {f'running (pid {pid})' if pid else 'not running'}")
     click.echo(f"machine id: {machine_id}")
     click.echo(f"namespace:  {settings.namespace}")
-    click.echo(f"redis:      {asyncio.run(_redis_status(settings, machine_id))}")
+    live, redis_line = asyncio.run(_redis_status(settings, machine_id))
+    click.echo(f"redis:      {redis_line}")
     sessions = SessionStore(home).running()
     click.echo(f"sessions:   {len(sessions)}")
     for record in sessions:
         click.echo(f"  {record.session_id}  {record.agent:<8}  pid {record.pid:<7}  {record.directory}")
+    return pid is not None and live
 
 
-async def _redis_status(settings: Settings, machine_id: str) -> str:
+async def _redis_status(settings: Settings, machine_id: str) -> tuple[bool, str]:
     redis = request_client(settings)
     try:
         seen = await redis.hget(Keys(settings.key_prefix).heartbeat(settings.namespace, machine_id), "seenMs")
         now_s, now_us = await redis.time()
     except RedisError as exc:
-        return f"unreachable ({exc})"
+        return False, f"unreachable ({exc})"
     finally:
         await redis.aclose()
     if seen is None:
-        return "reachable; no live heartbeat (the machine is offline)"
+        return False, "reachable; no live heartbeat (the machine is offline)"
     age_s = (now_s * 1000 + now_us // 1000 - int(seen)) / 1000
-    return f"reachable; last heartbeat {age_s:.1f}s ago"
+    return True, f"reachable; last heartbeat {age_s:.1f}s ago"
 
 
 def logs(home: Path, follow: bool) -> None:

@@ -59,6 +59,14 @@ def test_every_service_is_complete() -> None:
             == 0
         ), f"{name}: machine-hub {command} is not a command"
         assert seconds(SERVICES[name]["stop_grace_period"]) > HUB_GRACEFUL_SHUTDOWN_S
+        health = SERVICES[name]["healthcheck"]["test"]
+        if health[1] == "machine-hub":
+            assert (
+                subprocess.run(
+                    [sys.executable, "-m", "machine_hub", *health[2:], "--help"], capture_output=True, check=False
+                ).returncode
+                == 0
+            ), f"{name}: healthcheck {health} is not a command"
     assert SERVICES["hub"]["deploy"]["replicas"] >= 2
     redis_command = SERVICES["redis"]["command"]
     for option in ("--appendonly yes", "--appendfsync everysec", "--requirepass", "--maxmemory-policy noeviction"):

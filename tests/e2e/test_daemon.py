@@ -40,5 +40,6 @@ def test_start_status_second_start_and_stop(stack: Stack, tmp_path: Path) -> Non
         stopped = agent_cli(stack, home, "stop")
     assert stopped.returncode == 0 and "agent stopped" in stopped.stdout, stopped.stderr
     assert not stack.redis.exists(stack.keys.heartbeat("daemons", "d1"))
-    assert "not running" in agent_cli(stack, home, "--namespace", "daemons", "status").stdout
+    down = agent_cli(stack, home, "--namespace", "daemons", "status")
+    assert down.returncode == 1 and "not running" in down.stdout
     assert "no agent runs" in agent_cli(stack, home, "stop").stdout
