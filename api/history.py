@@ -1,6 +1,6 @@
 """GET /api/jobs: the namespace's recent jobs, newest first, filtered and paginated.
 
-Reads the machines' history ZSETs and job hashes only (core.queue.JobQueue.recent). The cursor is
+Reads the machines' history ZSETs and job hashes only (core.history.JobHistory.recent). The cursor is
 opaque to clients: base64url of "<created ms>:<job id>" of the last job of the previous page.
 """
 
@@ -16,8 +16,8 @@ from starlette.responses import Response
 from api.hub import hub_of
 from api.requests import check_owner, json_response
 from core.errors import InvalidQuery, MachineNotFound
+from core.history import HistoryItem
 from core.names import valid_machine_id
-from core.queue import HistoryItem
 from core.schemas import JobKind, JobPage, JobState, JobSummary
 
 DEFAULT_LIMIT = 50
@@ -122,7 +122,7 @@ async def list_jobs(request: Request) -> Response:
         return kind is None or record["kind"] == kind.encode()
 
     filtered = state is not None or kind is not None
-    items, more = await hub.queue.recent(
+    items, more = await hub.history.recent(
         ns,
         machine_ids,
         before=before,

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from api.auth import namespace_of
 from api.dispatch import Dispatcher
 from api.inbox import Inbox
+from core.history import JobHistory
 from core.keys import Keys
 from core.queue import JobQueue
 from core.registry import Registry
@@ -28,6 +29,7 @@ class Hub:
     def __post_init__(self) -> None:
         keys = Keys(self.settings.key_prefix)
         self.registry = Registry(self.redis, keys)
+        self.history = JobHistory(self.redis, keys)
         self.tokens = TokenStore(self.redis, keys)
         self.queue = JobQueue(
             self.redis, keys, history_length=self.settings.job_history_per_machine, max_events=self.settings.max_events

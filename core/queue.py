@@ -1,13 +1,14 @@
 """The per-machine job protocol: hub and agent both speak it only through this module.
 
-A job is a hash under its machine's keys; its id travels through the machine's mailbox list;
-replies travel through the asking hub's inbox list. See core.scripts for the state machine.
+A job is a hash under its machine's keys; an envelope (id, arguments, reply address) travels
+through the machine's mailbox list; replies travel through the asking hub's inbox list. See
+core.scripts for the state machine.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,23 +48,6 @@ class JobStatus:
     now_ms: int = 0
     claim_by_ms: int = 0
     deadline_ms: int = 0
-
-
-JOB_FIELDS = ("kind", "state", "createdMs", "claimedMs", "finishedMs", "result")
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryItem:
-    """A job of a listing: its history position (created ms, id), machine and stored fields."""
-
-    created_ms: int
-    job_id: str
-    machine_id: str
-    record: dict[str, bytes]
-
-    @property
-    def position(self) -> tuple[int, str]:
-        return self.created_ms, self.job_id
 
 
 def _s(value: Any) -> str:
@@ -262,18 +246,26 @@ class JobQueue:
     async def _notify(self, out: list[Any], ns: str, event: JobEvent, result: bytes) -> bool:
         if _s(out[0]) != "done":
             return False
-        state = JobState(event.state)
+        await self.notify(ns, [_s(x) for x in out[1:]], event, result)
+        return True
+
+    async def notify(self, ns: str, inboxes: list[str], event: JobEvent, result: bytes) -> None:
+        """Reply to every hub inbox waiting for the job, and record the event, in one round trip."""
         reply = _reply_encoder.encode(
-            Reply(job_id=event.job_id, machine_id=event.machine_id, state=state, result=msgspec.Raw(result))
+            Reply(
+                job_id=event.job_id,
+                machine_id=event.machine_id,
+                state=JobState(event.state),
+                result=msgspec.Raw(result),
+            )
         )
         # Replies are notifications: pushing one twice is harmless, the hub resolves a job once.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for inbox in dict.fromkeys(_s(x) for x in out[1:] if x):
+            for inbox in dict.fromkeys(x for x in inboxes if x):
                 pipe.lpush(inbox, reply)
                 pipe.pexpire(inbox, INBOX_TTL_MS)
             self.events.add(pipe, ns, event)
             await pipe.execute()
-        return True
 
     async def job(self, ns: str, machine_id: str, job_id: str) -> dict[str, bytes] | None:
         """The job's record as stored, or None when there is none (never was, or expired)."""
@@ -305,74 +297,3 @@ class JobQueue:
             except msgspec.DecodeError:
                 continue  # a wake-up token, or a reply from an incompatible agent
         return replies
-
-    async def recent(
-        self,
-        ns: str,
-        machine_ids: Sequence[str],
-        *,
-        before: tuple[int, str] | None = None,
-        limit: int = 50,
-        match: Callable[[dict[str, bytes]], bool] = lambda record: True,
-        batch: int = 100,
-    ) -> tuple[list[HistoryItem], bool]:
-        """Up to `limit` jobs of these machines, newest first, strictly after `before`.
-
-        Merges the machines' history ZSETs (ordered by created ms, then job id, both descending)
-        a batch at a time, reads the records in one pipeline per round, skips records that are
-        gone (expired) or that `match` rejects. Returns the items and whether more may follow.
-        Read-only: nothing is written.
-        """
-        k = self.keys
-        top = "+inf" if before is None else str(before[0])
-        offsets = {m: 0 for m in machine_ids}
-        buffers: dict[str, list[tuple[int, str]]] = {m: [] for m in machine_ids}
-        exhausted: set[str] = set()
-        out: list[HistoryItem] = []
-        while len(out) <= limit:
-            refill = [m for m in machine_ids if not buffers[m] and m not in exhausted]
-            if refill:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for m in refill:
-                        pipe.zrevrangebyscore(
-                            k.history(ns, m), top, "-inf", start=offsets[m], num=batch, withscores=True
-                        )
-                    fetched = await pipe.execute()
-                for m, rows in zip(refill, fetched, strict=True):
-                    offsets[m] += len(rows)
-                    if len(rows) < batch:
-                        exhausted.add(m)
-                    entries = [(int(score), _s(member)) for member, score in rows]
-                    # Entries at or before the cursor (same ms, id not below it) were on earlier pages;
-                    # a batch of only those leaves the buffer empty, and the next round reads on.
-                    buffers[m] = [e for e in entries if before is None or e < before]
-            live = [m for m in machine_ids if buffers[m]]
-            if not live:
-                if all(m in exhausted for m in machine_ids):
-                    break
-                continue
-            # Entries at or above every unfinished machine's last fetched entry come before
-            # anything not fetched yet, so they can be taken in order now.
-            pending = [buffers[m][-1] for m in machine_ids if m not in exhausted and buffers[m]]
-            floor = max(pending) if pending else min(buffers[m][-1] for m in live)
-            if any(not buffers[m] and m not in exhausted for m in machine_ids):
-                continue
-            ready: list[tuple[int, str, str]] = []
-            for m in live:
-                take = [e for e in buffers[m] if e >= floor]
-                buffers[m] = buffers[m][len(take) :]
-                ready.extend((score, job_id, m) for score, job_id in take)
-            ready.sort(reverse=True)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for _score, job_id, m in ready:
-                    pipe.hmget(k.job(ns, m, job_id), *JOB_FIELDS)
-                records = await pipe.execute()
-            for (score, job_id, m), values in zip(ready, records, strict=True):
-                record = {f: v for f, v in zip(JOB_FIELDS, values, strict=True) if v is not None}
-                if "state" not in record or "kind" not in record or not match(record):
-                    continue
-                out.append(HistoryItem(score, job_id, m, record))
-                if len(out) > limit:
-                    break
-        more = len(out) > limit
-        return out[:limit], more

@@ -19,14 +19,13 @@ from core import scripts
 from core.events import EventLog, JobEvent, MachineEvent
 from core.keys import Keys
 from core.names import valid_namespace
-from core.queue import INBOX_TTL_MS
+from core.queue import JobQueue
 from core.registry import Registry
-from core.schemas import Envelope, JobState, Reply
+from core.schemas import Envelope, JobState, PathsResult, SpawnResult
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 _envelope_decoder = msgspec.json.Decoder(Envelope)
-_reply_encoder = msgspec.json.Encoder()
 _encoder = msgspec.json.Encoder()
 OFFLINE_CODE = "machine_offline"
 
@@ -72,22 +71,9 @@ async def _machines(redis: Redis, keys: Keys) -> AsyncIterator[tuple[str, str]]:
 def _offline_results(machine_id: str) -> tuple[bytes, bytes]:
     """The failed result of a queued job whose machine went offline: (spawn/stop, read-only)."""
     error = f"Machine {machine_id} went offline"
-    claimed = _encoder.encode({"success": False, "error": error, "code": OFFLINE_CODE})
-    read_only = _encoder.encode({"error": error, "code": OFFLINE_CODE})
+    claimed = _encoder.encode(SpawnResult(success=False, error=error, code=OFFLINE_CODE))
+    read_only = _encoder.encode(PathsResult(error=error, code=OFFLINE_CODE))
     return claimed, read_only
-
-
-async def _notify(redis: Redis, events: EventLog, ns: str, inboxes: list[str], event: JobEvent, result: bytes) -> None:
-    """Reply to every waiting hub and record the event, as JobQueue.complete does."""
-    reply = _reply_encoder.encode(
-        Reply(job_id=event.job_id, machine_id=event.machine_id, state=JobState(event.state), result=msgspec.Raw(result))
-    )
-    async with redis.pipeline(transaction=False) as pipe:
-        for inbox in dict.fromkeys(x for x in inboxes if x):
-            pipe.lpush(inbox, reply)
-            pipe.pexpire(inbox, INBOX_TTL_MS)
-        events.add(pipe, ns, event)
-        await pipe.execute()
 
 
 async def _redis_now_ms(redis: Redis) -> int:
@@ -117,7 +103,7 @@ async def fail_queued_jobs(redis: Redis, keys: Keys, settings: Settings, ns: str
     since = await _redis_now_ms(redis) - window_ms - 1000
     recent = [_s(j) for j in await redis.zrangebyscore(keys.history(ns, machine_id), since, "+inf")]
     claimed_result, read_result = _offline_results(machine_id)
-    events = EventLog(keys, max_events=settings.max_events)
+    queue = JobQueue(redis, keys, max_events=settings.max_events)
     failed = 0
     back: list[bytes] = []
     fail = redis.register_script(scripts.FAIL_QUEUED)
@@ -139,7 +125,7 @@ async def fail_queued_jobs(redis: Redis, keys: Keys, settings: Settings, ns: str
         failed += 1
         kind, result = _s(out[1]), bytes(out[2])
         event = JobEvent(job_id=job_id, machine_id=machine_id, kind=kind, state=JobState.FAILED, code=OFFLINE_CODE)
-        await _notify(redis, events, ns, [_s(x) for x in out[3:]], event, result)
+        await queue.notify(ns, [_s(x) for x in out[3:]], event, result)
     if back:
         # The agent pops from the right, oldest first: put them back in the order they had.
         await redis.rpush(keys.mailbox(ns, machine_id), *back)

@@ -13,8 +13,8 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.history import decode_cursor, encode_cursor
+from core.history import JobHistory
 from core.keys import Keys
-from core.queue import JobQueue
 from core.settings import Settings
 from tests.unit.conftest import SECRET
 from tests.unit.test_routes import AUTH, register
@@ -213,7 +213,7 @@ def test_cursor_round_trip() -> None:
 
 async def test_recent_merges_like_a_full_sort(keys: Keys) -> None:
     redis = fakeredis.FakeAsyncRedis()
-    queue = JobQueue(redis, keys)
+    history = JobHistory(redis, keys)
     rng = random.Random(7)
     machines = ["m1", "m2", "m3"]
     everything = []
@@ -230,7 +230,7 @@ async def test_recent_merges_like_a_full_sort(keys: Keys) -> None:
         got: list[str] = []
         before = None
         while True:
-            items, more = await queue.recent(
+            items, more = await history.recent(
                 "default",
                 machines,
                 before=before,

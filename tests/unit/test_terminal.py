@@ -16,19 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from machine_hub.cli import main
+from machine_hub.hub_client import HubClient, HubError, parse_events
 from machine_hub.redis_server import free_port
-from machine_hub.terminal import (
-    HubClient,
-    HubError,
-    follow,
-    format_age,
-    format_latency,
-    jobs_table,
-    machines_table,
-    parse_events,
-    render_table,
-    short_job_id,
-)
+from machine_hub.tables import format_age, format_latency, jobs_table, machines_table, render_table, short_job_id
+from machine_hub.terminal import follow
 
 NOW = 1_764_369_400_000
 TOKEN = "tok-123"
