@@ -18,9 +18,8 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def namespace_of(request: Request, secret: str, tokens: TokenStore) -> str:
-    """401 before anything touches Redis when the header is missing or names the shared secret."""
-    token = bearer_token(request)
+async def namespace_of(token: str, secret: str, tokens: TokenStore) -> str:
+    """The namespace a token grants; the shared secret is checked without touching Redis."""
     ns = shared_secret_namespace(token, secret)
     if ns is None:
         ns = await tokens.namespace_of(token)

@@ -24,11 +24,10 @@ from starlette.types import Receive, Scope, Send
 from api.health import draining
 from api.hub import Hub, hub_of
 from api.metrics import Metrics, metrics_of
-from core.connections import BLOCKING_MARGIN_S, _client
-from core.errors import InvalidHeader, InvalidToken, MissingToken
+from core.connections import blocking_client
+from core.errors import InvalidHeader, MissingToken
 from core.events import Event, MachineEvent, encode
 from core.settings import Settings
-from core.tokens import shared_secret_namespace
 
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 PING_S = 15
@@ -42,7 +41,7 @@ class Streams:
         self.limit = settings.max_event_streams
         self.block_s = settings.block_s
         # One connection per stream; the pool is as large as the bound on streams.
-        self.redis = redis or _client(settings, settings.block_s + BLOCKING_MARGIN_S, max(1, self.limit))
+        self.redis = redis or blocking_client(settings, max_connections=max(1, self.limit))
         self.open = 0
 
     async def aclose(self) -> None:
@@ -56,12 +55,7 @@ async def _namespace(hub: Hub, request: Request) -> str:
     token = request.query_params["token"].strip()
     if not token:
         raise MissingToken()
-    ns = shared_secret_namespace(token, hub.settings.cli_api_token)
-    if ns is None:
-        ns = await hub.tokens.namespace_of(token)
-    if ns is None:
-        raise InvalidToken()
-    return ns
+    return await hub.authenticate(request, token)
 
 
 def _resume_id(request: Request) -> str | None:

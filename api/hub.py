@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from api.auth import namespace_of
+from api.auth import bearer_token, namespace_of
 from api.dispatch import Dispatcher
 from api.inbox import Inbox
 from core.history import JobHistory
@@ -44,8 +44,9 @@ class Hub:
         )
         self.dispatcher = Dispatcher(self.queue, self.inbox, self.settings)
 
-    async def authenticate(self, request: Request) -> str:
-        return await namespace_of(request, self.settings.cli_api_token, self.tokens)
+    async def authenticate(self, request: Request, token: str | None = None) -> str:
+        """The caller's namespace, from its Authorization header (or a token found elsewhere)."""
+        return await namespace_of(token or bearer_token(request), self.settings.cli_api_token, self.tokens)
 
 
 def hub_of(request: Request) -> Hub:

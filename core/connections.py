@@ -57,6 +57,7 @@ def request_client(settings: Settings, *, max_connections: int | None = None) ->
     return _client(settings, settings.redis_socket_timeout_s, max_connections)
 
 
-def blocking_client(settings: Settings) -> Redis:
-    """For one task that blocks up to `block_s` per call (mailbox or inbox pops)."""
-    return _client(settings, settings.block_s + BLOCKING_MARGIN_S, 1)
+def blocking_client(settings: Settings, *, max_connections: int = 1) -> Redis:
+    """For tasks that block up to `block_s` per call (mailbox, inbox or event-stream reads),
+    one connection per concurrent reader."""
+    return _client(settings, settings.block_s + BLOCKING_MARGIN_S, max_connections)
