@@ -19,7 +19,6 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import bearer_token
@@ -153,14 +152,12 @@ def observe_job(hub: Hub, kind: str, outcome: str, seconds: float) -> None:
 
 
 def route_template(scope: Scope) -> str:
-    """The path template of the route that serves `scope` ("other" when none does): bounded labels."""
-    app = scope.get("app")
-    for route in getattr(app, "routes", ()):
-        match, _ = route.matches(scope)
-        if match is not Match.NONE:
-            path = getattr(route, "path", None)
-            return path if isinstance(path, str) else "other"
-    return "other"
+    """The path template of the route that served `scope` ("other" when none did): bounded labels.
+
+    Read after the app ran: the router records the route it matched in the scope.
+    """
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "other"
 
 
 class MetricsMiddleware:
@@ -174,7 +171,6 @@ class MetricsMiddleware:
         if scope["type"] != "http" or scope["path"] in UNTRACKED:
             await self.app(scope, receive, send)
             return
-        route = route_template(scope)
         method = scope["method"]
         status = 500
         started = time.perf_counter()
@@ -188,6 +184,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
+            route = route_template(scope)
             self.metrics.requests.labels(method, route, str(status)).inc()
             if route not in UNTIMED:
                 self.metrics.duration.labels(method, route).observe(time.perf_counter() - started)
