@@ -8,7 +8,6 @@ sending it new requests.
 from __future__ import annotations
 
 import asyncio
-import signal
 
 from redis.exceptions import RedisError
 from sse_starlette.sse import AppStatus
@@ -22,20 +21,14 @@ from api.requests import json_response
 READY_TIMEOUT_S = 1.0
 
 
-def _uvicorn_server() -> object | None:
-    """The uvicorn Server running this app, found through the SIGTERM handler it installed."""
-    return getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+def start_draining() -> None:
+    """From now on the hub is not ready, and its event streams end (sse-starlette reads this too)."""
+    AppStatus.should_exit = True
 
 
 def draining() -> bool:
-    """True once the server was told to stop (SIGTERM or SIGINT under uvicorn).
-
-    sse-starlette patches uvicorn's exit handler to set AppStatus.should_exit; uvicorn's own
-    flag is read too, through its signal handler, in case the patch did not take.
-    """
-    if AppStatus.should_exit:
-        return True
-    return bool(getattr(_uvicorn_server(), "should_exit", False))
+    """True once the hub was told to stop."""
+    return bool(AppStatus.should_exit)
 
 
 async def livez(request: Request) -> Response:

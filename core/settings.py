@@ -37,6 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     host: str = "127.0.0.1"
     port: int = 3006
     max_body_bytes: int = 4 * 1024 * 1024
+    shutdown_drain_s: float = 3.0
     spawn_claim_timeout_s: float = 10.0
     spawn_timeout_s: float = 30.0
     paths_timeout_s: float = 10.0

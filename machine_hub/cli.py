@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -58,25 +57,11 @@ def main() -> None:
 @click.option("--log-level", default="info", show_default=True)
 def api(host: str | None, port: int | None, log_level: str) -> None:
     """Run the hub (HTTP API). Configure with REDIS_URL and CLI_API_TOKEN."""
-    import uvicorn
-
-    from api.app import create_app
+    from api.server import run
 
     settings = _settings(host=host, port=port)
     _logging(log_level)
-    # uvicorn stops gracefully on SIGTERM, then raises the signal again under the handler that
-    # was there before it: make that one end the process as the clean stop it was.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=5,
-    )
+    run(settings, log_level)
 
 
 @main.group(invoke_without_command=True)

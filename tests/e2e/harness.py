@@ -66,6 +66,7 @@ def fast_settings(redis_url: str, **overrides: Any) -> Settings:
         paths_timeout_s=2.0,
         spawn_settle_s=0.3,
         session_stop_grace_s=1.0,
+        shutdown_drain_s=0.2,
         tmux_socket=f"mh-test-{uuid.uuid4().hex[:8]}",
     )
     values.update(overrides)
