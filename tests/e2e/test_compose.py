@@ -363,3 +363,26 @@ def test_through_the_proxy_a_stopping_hub_never_leaves_a_request_unanswered(topo
     assert all(status == 502 for _kind, status, _d in failed) and len(failed) <= 4, failed
     assert all(n == 1 for n in _launched(topology).values()), "a spawn ran twice"
     assert leaving.popen.wait(20) == 0
+
+
+def test_event_streams_pass_through_the_proxy_unbuffered(topology: Topology) -> None:
+    seen: list[str] = []
+
+    def listen() -> None:
+        url = f"{topology.proxy_url}/api/events?token={topology.token}"
+        with httpx2.stream("GET", url, timeout=httpx2.Timeout(20, read=20)) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines():
+                seen.append(line)
+                if line.startswith("event: job"):
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    # Path checks until one's event arrives: each is an event the proxy must pass on at once.
+    wait_until(
+        lambda: topology.check(topology.tmp).status_code == 200 and "event: job" in seen,
+        15,
+        "a job event through the proxy",
+    )
+    listener.join(5)
