@@ -105,7 +105,6 @@ class Agent:
             session_running=session_running,
         )
         self.should_exit = asyncio.Event()
-        self.ready = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
 
@@ -135,7 +134,6 @@ class Agent:
             instance=self.instance,
             session_running=session_running,
         )
-        self.ready.set()
 
     async def _beat(self) -> None:
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
