@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from core.schemas import AgentName, SpawnRequest, SpawnResult
 from core.settings import Settings
 from machine_agent.launcher import Launcher
 from machine_agent.spawner import Spawner
+from tests.waiting import cli_records, eventually, lines
 
 FAKE_CLI = Path(__file__).resolve().parents[1] / "fixtures" / "fake_cli.py"
 SETTLE_S = 0.3
@@ -150,31 +149,13 @@ def _reaped(pid: int) -> bool:
     return False
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-async def _records(cli_log: Path, count: int = 1, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while len(lines := _lines(cli_log)) < count:
-        assert time.monotonic() < deadline, f"the fake CLI wrote {len(lines)} of {count} records"
-        await asyncio.sleep(0.02)
-    return [json.loads(line) for line in lines]
-
-
 async def _file_contains(path: Path, text: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _count(path, text) == 0:
-        assert time.monotonic() < deadline, f"{path} never contained {text[:40]!r}"
-        await asyncio.sleep(0.02)
+    await eventually(lambda: _count(path, text) > 0, f"{path} contains {text[:40]!r}", timeout_s)
 
 
 async def _gone(launcher: Launcher, pid: int, timeout_s: float = 5.0) -> None:
     """Wait until the launcher no longer tracks `pid` and the process was reaped (no zombie)."""
-    deadline = time.monotonic() + timeout_s
-    while pid in launcher.live:
-        assert time.monotonic() < deadline, f"session {pid} is still tracked"
-        await asyncio.sleep(0.02)
+    await eventually(lambda: pid not in launcher.live, f"session {pid} is no longer tracked", timeout_s)
     assert _reaped(pid)
 
 
@@ -202,7 +183,7 @@ async def test_each_agent_is_launched_with_its_flags_on_a_tty(
     result = await _spawn(make_spawner(), directory=f"  {project}  ", agent=agent, yolo=yolo, model=model)
     assert result.success, result
     assert result.session_id and not result.directory_created and result.worktree is None
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
 
     expected = list(YOLO_FLAG[agent]) if yolo else []
     if agent == "claude":
@@ -228,7 +209,7 @@ async def test_each_agent_is_launched_with_its_flags_on_a_tty(
 async def test_agents_term_is_kept(make_spawner: MakeSpawner, tmp_path: Path, cli_log: Path) -> None:
     result = await _spawn(make_spawner({"TERM": "screen"}), directory=str(tmp_path), agent="codex")
     assert result.success, result
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert record["term"] == "screen"
 
 
@@ -238,7 +219,7 @@ async def test_command_override_with_extra_words(
     spawner = make_spawner(agent_commands={"gemini": [str(fake_bin / "opencode"), "--profile", "work"]})
     result = await _spawn(spawner, directory=str(tmp_path), agent="gemini", yolo=True)
     assert result.success, result
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert record["name"] == "opencode"
     assert record["argv"] == ["--profile", "work", "--yolo"]
 
@@ -253,7 +234,7 @@ async def test_simple_session_creates_a_missing_directory_under_home(
 
     result = await _spawn(spawner, directory="~/code/new", agent="codex")
     assert result.success and not result.directory_created, result
-    first, second = await _records(cli_log, 2)
+    first, second = await cli_records(cli_log, 2)
     assert first["cwd"] == _real(user_home / "code" / "new" / "deep")
     assert second["cwd"] == _real(user_home / "code" / "new")
 
@@ -261,7 +242,7 @@ async def test_simple_session_creates_a_missing_directory_under_home(
 async def test_tilde_alone_is_the_agents_home(make_spawner: MakeSpawner, user_home: Path, cli_log: Path) -> None:
     result = await _spawn(make_spawner(), directory="~", agent="gemini")
     assert result.success, result
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert record["cwd"] == _real(user_home)
 
 
@@ -274,7 +255,7 @@ async def test_a_file_is_not_a_directory(make_spawner: MakeSpawner, tmp_path: Pa
     result = await _spawn(spawner, directory=str(tmp_path / "file" / "below"), agent="claude")
     assert (result.success, result.code) == (False, "directory_create_failed"), result
     assert "a file is in the way" in (result.error or "")
-    assert not _lines(cli_log)
+    assert not lines(cli_log)
 
 
 async def test_worktree_session(make_spawner: MakeSpawner, repo: Path, env: dict[str, str], cli_log: Path) -> None:
@@ -292,7 +273,7 @@ async def test_worktree_session(make_spawner: MakeSpawner, repo: Path, env: dict
     )
     assert (path / "README").read_text() == "hello\n"
     assert _branch_exists(env, repo, "mh-fix-login-bug")
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert record["cwd"] == _real(path)
     assert record["env"]["MACHINE_HUB_WORKTREE_PATH"] == str(path)
     assert record["env"]["MACHINE_HUB_WORKTREE_BRANCH"] == "mh-fix-login-bug"
@@ -329,7 +310,7 @@ async def test_worktree_needs_an_existing_git_directory(
     plain = await _spawn(spawner, directory=str(tmp_path / "plain"), session_type="worktree", worktree_name="x")
     assert (plain.success, plain.code) == (False, "not_a_git_repo"), plain
     assert "not a git repository" in (plain.error or "")
-    assert not _lines(cli_log)
+    assert not lines(cli_log)
 
 
 async def test_worktree_name_without_letters_fails(make_spawner: MakeSpawner, repo: Path) -> None:
@@ -412,12 +393,10 @@ async def test_output_is_logged_under_home_and_kept_drained(
     result = await _spawn(make_spawner(extra), directory=str(tmp_path), agent="claude")
     assert result.success, result
     session_dir = tmp_path / "mh-home" / "sessions" / str(result.session_id)
-    deadline = time.monotonic() + 10.0
-    while _count(session_dir / "output.log", "all work and no play") < repeat:
-        assert time.monotonic() < deadline, "the session's output stopped being drained"
-        await asyncio.sleep(0.02)
+    drained = lambda: _count(session_dir / "output.log", "all work and no play") >= repeat  # noqa: E731
+    await eventually(drained, "the session's whole output is drained", 10.0)
     await _file_contains(session_dir / "stderr.log", "a warning")
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert record["env"]["MACHINE_HUB_SESSION_ID"] == result.session_id
 
 
@@ -426,7 +405,7 @@ async def test_session_end_is_reaped(
 ) -> None:
     result = await _spawn(make_spawner(), directory=str(tmp_path), agent="claude")
     assert result.success, result
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     os.killpg(record["pid"], signal.SIGTERM)
     assert await launcher.wait(record["pid"], 5.0) == -signal.SIGTERM
     await _gone(launcher, record["pid"])
@@ -438,7 +417,7 @@ async def test_cancelled_spawn_kills_the_session_and_removes_its_worktree(
     spawner = make_spawner(spawn_settle_s=30.0)
     request = SpawnRequest(directory=str(repo), session_type="worktree", worktree_name="cancelled")
     task = asyncio.create_task(spawner.spawn(request, **JOB))
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -462,6 +441,6 @@ async def test_sessions_do_not_inherit_the_agents_secrets(
     spawner = make_spawner({"REDIS_URL": "redis://:pw@r/0", "CLI_API_TOKEN": "secret", "KEEP_ME": "1"})
     result = await _spawn(spawner, directory=str(tmp_path))
     assert result.success
-    (record,) = await _records(cli_log)
+    (record,) = await cli_records(cli_log)
     assert "KEEP_ME" in record["env_names"]
     assert "REDIS_URL" not in record["env_names"] and "CLI_API_TOKEN" not in record["env_names"]

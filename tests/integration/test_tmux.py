@@ -13,13 +13,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from machine_agent.launcher import Exited, Launched, SessionLauncher
 from machine_agent.sessions import SessionRecord, SessionStore, is_running, process_start
 from machine_agent.tmux import TmuxLauncher
+from tests.waiting import cli_records, eventually
 
 FAKE_CLI = Path(__file__).resolve().parents[1] / "fixtures" / "fake_cli.py"
 REPO = Path(__file__).resolve().parents[2]
@@ -91,25 +91,6 @@ def env(tmp_path: Path, fake_bin: Path, cli_log: Path) -> dict[str, str]:
     }
 
 
-async def _records(cli_log: Path, count: int = 1, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while len(lines := _lines(cli_log)) < count:
-        assert time.monotonic() < deadline, f"the fake CLI wrote {len(lines)} of {count} records"
-        await asyncio.sleep(0.02)
-    return [json.loads(line) for line in lines]
-
-
-async def _until(condition: Any, what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
 def _real(path: Path) -> str:
     return os.path.realpath(path)
 
@@ -159,7 +140,7 @@ async def test_session_runs_in_tmux_with_exactly_its_environment(
 
     assert isinstance(outcome, Launched), outcome
     assert _has_session(socket, session_id)
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert record["argv"] == argv[2:]
     assert record["cwd"] == _real(cwd)
     assert record["stdin_tty"] and record["stdout_tty"]
@@ -169,8 +150,8 @@ async def test_session_runs_in_tmux_with_exactly_its_environment(
     # The process's initial environment is the launch environment, no more and no less.
     assert _environ(outcome.pid) == launch_env
     assert "MH_TEST_SERVER_ONLY" not in record["env_names"] and "TMUX" not in record["env_names"]
-    await _until(lambda: "hello from the fake cli" in outcome.output_log.read_text(), "the output is logged")
-    await _until(lambda: not _spec_files(log_dir), "the environment file is deleted")
+    await eventually(lambda: "hello from the fake cli" in outcome.output_log.read_text(), "the output is logged")
+    await eventually(lambda: not _spec_files(log_dir), "the environment file is deleted")
     assert outcome.output_log == log_dir / "output.log" and outcome.stderr_log == log_dir / "stderr.log"
 
 
@@ -182,7 +163,7 @@ async def test_cli_is_found_on_the_path_of_the_session_environment(
         ["codex", "--yes"], cwd=tmp_path, env=env, log_dir=tmp_path / "logs", settle_s=SETTLE_S, session_id="s-path"
     )
     assert isinstance(outcome, Launched), outcome
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert (record["name"], record["argv"], record["pid"]) == ("codex", ["--yes"], outcome.pid)
 
 
@@ -199,7 +180,7 @@ async def test_resolved_executable_is_run_with_the_given_argv0(
         session_id="s-exe",
     )
     assert isinstance(outcome, Launched), outcome
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert (record["name"], record["argv"]) == ("claude", ["--x"])
 
 
@@ -261,7 +242,7 @@ async def test_session_that_ends_later_disappears(
     )
     assert isinstance(outcome, Launched)
     os.killpg(outcome.pid, signal.SIGTERM)
-    await _until(lambda: not _has_session(socket, "s-end"), "the ended session is gone")
+    await eventually(lambda: not _has_session(socket, "s-end"), "the ended session is gone")
 
 
 async def test_cancelled_launch_kills_the_session(
@@ -270,12 +251,12 @@ async def test_cancelled_launch_kills_the_session(
     task = asyncio.create_task(
         launcher.launch(["claude"], cwd=tmp_path, env=env, log_dir=tmp_path, settle_s=30.0, session_id="s-cancel")
     )
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not _has_session(socket, "s-cancel")
-    await _until(lambda: not is_running(record["pid"], ""), "the cancelled session's process ended")
+    await eventually(lambda: not is_running(record["pid"], ""), "the cancelled session's process ended")
 
 
 async def test_session_outlives_the_process_that_launched_it(
@@ -291,7 +272,7 @@ async def test_session_outlives_the_process_that_launched_it(
         os.killpg(agent.pid, signal.SIGKILL)  # the whole process group, as a terminal's Ctrl-C would
         await agent.communicate()
     pid = json.loads(line)["pid"]
-    [record] = await _records(cli_log)
+    [record] = await cli_records(cli_log)
     assert record["pid"] == pid
     assert _has_session(socket, "s-orphan")
     assert is_running(pid, process_start(pid))
