@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from starlette.requests import Request
 
 from core.errors import InvalidToken, MissingToken
@@ -18,9 +20,10 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def namespace_of(token: str, secret: str, tokens: TokenStore) -> str:
-    """The namespace a token grants; the shared secret is checked without touching Redis."""
-    ns = shared_secret_namespace(token, secret)
+async def namespace_of(token: str, secret: str, tokens: TokenStore, allowed: Collection[str] = ("*",)) -> str:
+    """The namespace a token grants; the shared secret (for the namespaces in `allowed`) is
+    checked without touching Redis."""
+    ns = shared_secret_namespace(token, secret, allowed)
     if ns is None:
         ns = await tokens.namespace_of(token)
     if ns is None:

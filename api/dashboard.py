@@ -1,8 +1,9 @@
 """The dashboard page the hub serves at /dashboard.
 
-The page and its assets are static files in api/static/ (no build step, nothing fetched from
-elsewhere). The page itself needs no token: the person pastes one, the page keeps it in
-localStorage and sends it to the /api routes like any other client.
+The page and its assets are static files in api/static/ (plain JavaScript modules, no build step,
+nothing fetched from elsewhere). The page itself needs no token: the person pastes one, the page
+keeps it in sessionStorage (this tab, until it closes) and sends it only in the Authorization
+header, also for the event stream, so it never appears in a URL, a log or the browser's history.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ STATIC = Path(__file__).parent / "static"
 ASSETS: dict[str, str] = {
     "dashboard.css": "text/css; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "jobs.js": "text/javascript; charset=utf-8",
+    "machines.js": "text/javascript; charset=utf-8",
+    "spawn.js": "text/javascript; charset=utf-8",
+    "folders.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
 HEADERS = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.exceptions import RedisError
 from sse_starlette.sse import AppStatus
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,8 +16,10 @@ from starlette.responses import Response
 from api.hub import hub_of
 from api.metrics import metrics_of
 from api.requests import json_response
+from core.connections import REDIS_FAILURES
 
 READY_TIMEOUT_S = 1.0
+NOT_READY: tuple[type[Exception], ...] = (*REDIS_FAILURES, TimeoutError)
 
 
 def start_draining() -> None:
@@ -42,7 +43,7 @@ async def readyz(request: Request) -> Response:
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             await hub.redis.ping()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except NOT_READY as exc:
         metrics_of(request).redis_errors.labels("readyz").inc()
         return json_response({"ready": False, "redis": str(exc) or type(exc).__name__}, 503)
     return json_response({"ready": True})

@@ -1,101 +1,143 @@
-"""The hub process's reply reader: one blocking pop over this hub's inboxes, resolving waiters.
+"""The hub process's reply reader: one blocking pop on this hub's inbox, resolving waiters.
 
-Each namespace has its own inbox key per hub (so an agent only ever writes under its own
-namespace), and all of one hub's inboxes share a hash tag, so a single BLMPOP waits on all of
-them. A new namespace wakes the reader through the hub's wake key so it starts listening there.
+Any machine may push onto a hub's inbox (that is how it answers), so a reply resolves a waiting
+request only when it names the machine the job was sent to and carries the job's secret, which
+only that machine was given. A reply for a job nobody here waits for any more (the hub gave up
+at its deadline) is checked against the job record, and its final event published.
+
+When the reader loses Redis, a read-only job waiting here fails at once (503) instead of at its
+deadline: its envelope or its reply may have gone with a primary that failed over before
+replicating them, and such a job is safe to send again. A recorded job's outcome is in its record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
 
-from core.keys import Keys
+from core.connections import REDIS_FAILURES, Backoff
+from core.events import JobEvent
+from core.outages import OutageGrace
 from core.queue import JobQueue
-from core.schemas import Reply
+from core.schemas import CLAIMED_KINDS, FINAL_STATES, Reply
 
 log = logging.getLogger(__name__)
-MAX_NAMESPACES = 1000
-WAKE_TOKEN = b"wake"
-WAKE_TTL_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiter:
+    future: asyncio.Future[Reply]
+    machine_id: str
+    secret: str
+    read_only: bool
 
 
 class Inbox:
     """Futures waiting for job replies, and the task that fills them."""
 
     def __init__(
-        self, queue: JobQueue, blocking: Redis, keys: Keys, hub_id: str, *, block_s: float, reconnect_max_s: float
+        self,
+        queue: JobQueue,
+        blocking: Redis,
+        hub_id: str,
+        *,
+        block_s: float,
+        reconnect_max_s: float,
+        outage_grace_s: float = 0.0,
     ) -> None:
         self.queue = queue
         self.blocking = blocking
-        self.keys = keys
         self.hub_id = hub_id
         self.block_s = block_s
         self.reconnect_max_s = reconnect_max_s
-        self._waiters: dict[str, set[asyncio.Future[Reply]]] = {}
-        self._machines: dict[str, str] = {}
-        self._namespaces: OrderedDict[str, None] = OrderedDict()
-        self._listening: frozenset[str] = frozenset()
-
-    def address(self, ns: str) -> str:
-        return self.keys.inbox(ns, self.hub_id)
+        self._waiters: dict[str, list[_Waiter]] = {}
+        # When this hub saw Redis fail (its reader, or a request): replies and heartbeats may have
+        # been lost with it (a failover), so "no answer" and "offline" are not certain then.
+        self.outages = OutageGrace(outage_grace_s)
 
     @contextlib.asynccontextmanager
-    async def expect(self, ns: str, machine_id: str, job_id: str) -> AsyncIterator[asyncio.Future[Reply]]:
+    async def expect(
+        self, machine_id: str, job_id: str, secret: str, *, read_only: bool = False
+    ) -> AsyncIterator[asyncio.Future[Reply]]:
         """A future for the reply to `job_id`; register it before the job can be answered."""
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(job_id, set()).add(future)
-        self._machines[job_id] = machine_id
-        await self._listen(ns)
+        waiter = _Waiter(future, machine_id, secret, read_only)
+        self._waiters.setdefault(job_id, []).append(waiter)
         try:
             yield future
         finally:
             waiting = self._waiters.get(job_id)
             if waiting is not None:
-                waiting.discard(future)
+                waiting.remove(waiter)
                 if not waiting:
                     del self._waiters[job_id]
-                    del self._machines[job_id]
-
-    async def _listen(self, ns: str) -> None:
-        self._namespaces[ns] = None
-        self._namespaces.move_to_end(ns)
-        while len(self._namespaces) > MAX_NAMESPACES:
-            self._namespaces.popitem(last=False)
-        if ns not in self._listening:
-            wake = self.keys.hub_wake(self.hub_id)
-            async with self.queue.redis.pipeline(transaction=False) as pipe:
-                pipe.lpush(wake, WAKE_TOKEN)
-                pipe.pexpire(wake, WAKE_TTL_MS)
-                await pipe.execute()
 
     async def run(self) -> None:
         """Read replies until cancelled; survives Redis going away and coming back."""
-        backoff = 0.05
-        wake = self.keys.hub_wake(self.hub_id)
+        backoff = Backoff(self.reconnect_max_s)
         while True:
-            self._listening = frozenset(self._namespaces)
-            inboxes = [wake, *(self.address(ns) for ns in self._listening)]
             try:
-                replies = await self.queue.pop_inbox(self.blocking, inboxes, self.block_s, count=256)
-            except RedisError as exc:
-                log.warning("inbox reader: %s; retrying in %.2fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.reconnect_max_s)
+                replies = await self.queue.pop_inbox(self.blocking, self.hub_id, self.block_s, count=256)
+            except REDIS_FAILURES as exc:
+                self.outages.failed()
+                self._lost(exc)
+                pause = backoff.next()
+                log.warning("inbox reader: %s; retrying in %.2fs", exc, pause)
+                await asyncio.sleep(pause)
                 continue
-            backoff = 0.05
-            for reply in replies:
-                # Only the machine the job was sent to may answer it.
-                if self._machines.get(reply.job_id) != reply.machine_id:
-                    continue
-                for future in self._waiters.get(reply.job_id, ()):
-                    if not future.done():
-                        future.set_result(reply)
+            self.outages.answered()
+            backoff.reset()
+            late = [reply for reply in replies if not self._resolve(reply)]
             # Let the resolved requests answer before this task sends its next pop.
             await asyncio.sleep(0)
+            for reply in late:
+                await self._late(reply)
+
+    def _lost(self, exc: BaseException) -> None:
+        for waiting in self._waiters.values():
+            for waiter in waiting:
+                if waiter.read_only and not waiter.future.done():
+                    waiter.future.set_exception(RedisConnectionError(f"Redis failed while a reply was awaited: {exc}"))
+
+    def _resolve(self, reply: Reply) -> bool:
+        """Hand the reply to its waiters; False when nobody here waits for it."""
+        waiting = self._waiters.get(reply.job_id)
+        if not waiting:
+            return False
+        for waiter in waiting:
+            if (
+                waiter.machine_id == reply.machine_id
+                and hmac.compare_digest(waiter.secret.encode(), reply.secret.encode())
+                and not waiter.future.done()
+            ):
+                waiter.future.set_result(reply)
+        return True
+
+    async def _late(self, reply: Reply) -> None:
+        """A job this hub asked for ended after the hub stopped waiting: publish its end."""
+        if not reply.origin or reply.state not in FINAL_STATES:
+            return
+        try:
+            ns = await self.queue.redis.get(self.queue.keys.owner(reply.machine_id))
+            if ns is None:
+                return
+            record = await self.queue.record(ns.decode(), reply.machine_id, reply.job_id)
+            if (
+                record is None
+                or record.kind not in CLAIMED_KINDS
+                or record.reply_to != self.hub_id
+                or record.state != reply.state
+                or not hmac.compare_digest(record.secret.encode(), reply.secret.encode())
+            ):
+                return
+            event = JobEvent(job_id=reply.job_id, machine_id=reply.machine_id, kind=record.kind, state=record.state)
+            await self.queue.publish_final(ns.decode(), event)
+        except (RedisError, UnicodeDecodeError) as exc:
+            log.info("late reply for job %s not published: %s", reply.job_id, exc)

@@ -1,9 +1,16 @@
 """Prometheus metrics: per-process request and job counters, and fleet gauges read from Redis.
 
 Each app has its own CollectorRegistry (tests build many apps). Request and job metrics count
-what this hub process served, so scrape every replica. The fleet gauges (machines online, jobs
-by state) are computed from Redis at scrape time, so every replica reports the same values:
+what this hub process served, so scrape every replica. The fleet gauges (machines online and
+registered and drained, jobs finished) are read from Redis's counters at scrape time (one read, however
+large the fleet), so every replica reports the same values:
 aggregate them with max() or scrape one replica for them, never sum() across replicas.
+
+Namespaces are tenants' names, so series labelled with them are only shown to a scraper that
+presented MACHINE_HUB_METRICS_TOKEN; without a token configured, /metrics is open and shows the
+fleet summed over namespaces. Concurrent scrapes share one fleet read, reused for
+`FLEET_CACHE_S`, so a flood of scrapes costs one Redis read a second and none waits behind
+another's lock.
 """
 
 from __future__ import annotations
@@ -11,66 +18,25 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import bearer_token
+from api.fleet_metrics import PREFIX, Counters, FleetCollector, RefusalsByNamespace, read_fleet
 from api.hub import Hub, hub_of
 from core.errors import InvalidToken
-from core.registry import Fleet
 
-PREFIX = "machine_hub"
 UNTRACKED = frozenset({"/metrics", "/livez", "/readyz"})  # probes and scrapes stay out of the counts
 UNTIMED = frozenset({"/api/events"})  # long-lived streams: counted, not timed
 FLEET_TIMEOUT_S = 5.0
+FLEET_CACHE_S = 1.0
 JOB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _by_hub: dict[str, Metrics] = {}
-
-
-class FleetCollector(Collector):
-    """Yields the gauges of the last Redis read; the /metrics route refreshes it before a scrape."""
-
-    def __init__(self) -> None:
-        self.fleet: dict[str, Fleet] | None = None
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily(f"{PREFIX}_fleet_up", "1 when the fleet gauges below could be read from Redis")
-        up.add_metric([], 0 if self.fleet is None else 1)
-        yield up
-        if self.fleet is None:
-            return
-        online = GaugeMetricFamily(f"{PREFIX}_machines_online", "Machines with a live heartbeat", labels=["namespace"])
-        registered = GaugeMetricFamily(
-            f"{PREFIX}_machines_registered", "Machines registered, online or not", labels=["namespace"]
-        )
-        jobs = GaugeMetricFamily(
-            f"{PREFIX}_jobs",
-            "Jobs now queued (mailbox lengths) or running (claimed, no outcome yet)",
-            labels=["namespace", "state"],
-        )
-        finished = CounterMetricFamily(
-            f"{PREFIX}_jobs_finished",
-            "Jobs that reached a final state (or unknown), from the machines' stats hashes",
-            labels=["namespace", "state"],
-        )
-        for ns, fleet in sorted(self.fleet.items()):
-            online.add_metric([ns], fleet.online)
-            registered.add_metric([ns], fleet.registered)
-            jobs.add_metric([ns, "queued"], fleet.queued)
-            jobs.add_metric([ns, "running"], fleet.running)
-            for state, count in sorted(fleet.finished.items()):
-                finished.add_metric([ns, state], count)
-        yield from (online, registered, jobs, finished)
 
 
 class Metrics:
@@ -102,9 +68,24 @@ class Metrics:
             f"{PREFIX}_redis_errors", "Redis errors by where they happened", ["source"], registry=r
         )
         self.streams_open = Gauge(f"{PREFIX}_event_streams_open", "Open GET /api/events streams", registry=r)
-        self.fleet = FleetCollector()
-        r.register(self.fleet)
-        self._scrape = asyncio.Lock()
+        self.refusals = Counter(
+            f"{PREFIX}_limit_refusals",
+            "Requests and connections refused by a limit, by the limit's setting name",
+            ["limit"],
+            registry=r,
+        )
+        # The fleet and the per-namespace refusals, in two views: summed (open) and by namespace.
+        self.public = CollectorRegistry()
+        self.public_fleet = FleetCollector(by_namespace=False)
+        self.public.register(self.public_fleet)
+        self.private = CollectorRegistry()
+        self.private_fleet = FleetCollector(by_namespace=True)
+        self.by_namespace = RefusalsByNamespace()
+        self.private.register(self.private_fleet)
+        self.private.register(self.by_namespace)
+        self._fleet: dict[str, Counters] | None = None
+        self._fleet_read_at: float | None = None
+        self._reading: asyncio.Future[None] | None = None
 
     def attach(self, hub: Hub) -> None:
         _by_hub[hub.hub_id] = self
@@ -112,20 +93,39 @@ class Metrics:
     def detach(self, hub: Hub) -> None:
         _by_hub.pop(hub.hub_id, None)
 
-    async def refresh_fleet(self, hub: Hub) -> None:
+    def refused(self, limit: str, ns: str | None = None) -> None:
+        self.refusals.labels(limit).inc()
+        if ns is not None:
+            self.by_namespace.add(limit, ns)
+
+    async def _read_fleet(self, hub: Hub) -> None:
         try:
             async with asyncio.timeout(FLEET_TIMEOUT_S):
-                fleet = {ns: await hub.registry.fleet(ns) for ns in await hub.registry.namespaces()}
+                self._fleet = await read_fleet(hub)
         except (RedisError, OSError, TimeoutError):
             self.redis_errors.labels("metrics").inc()
-            self.fleet.fleet = None
-        else:
-            self.fleet.fleet = fleet
+            self._fleet = None
+        self._fleet_read_at = time.monotonic()
 
-    async def exposition(self, hub: Hub) -> bytes:
-        async with self._scrape:
-            await self.refresh_fleet(hub)
-            return generate_latest(self.registry)
+    async def refresh_fleet(self, hub: Hub) -> dict[str, Counters] | None:
+        """The fleet as of at most FLEET_CACHE_S ago; concurrent callers share one read."""
+        fresh = self._fleet_read_at is not None and time.monotonic() - self._fleet_read_at < FLEET_CACHE_S
+        if not fresh:
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read_fleet(hub))
+                self._reading.add_done_callback(self._read_done)
+            # Shielded: a scraper that hangs up does not cancel the read the others wait for.
+            await asyncio.shield(self._reading)
+        return self._fleet
+
+    def _read_done(self, future: asyncio.Future[None]) -> None:
+        self._reading = None
+
+    async def exposition(self, hub: Hub, *, by_namespace: bool) -> bytes:
+        fleet = await self.refresh_fleet(hub)
+        self.public_fleet.fleet = self.private_fleet.fleet = fleet
+        view = self.private if by_namespace else self.public
+        return generate_latest(self.registry) + generate_latest(view)
 
     def count_redis_errors(
         self, handler: Callable[[Request, Exception], Awaitable[Response]]
@@ -191,9 +191,11 @@ class MetricsMiddleware:
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    """Open without MACHINE_HUB_METRICS_TOKEN (namespaces summed away); with it, the token is
+    required and the series by namespace are shown."""
     hub = hub_of(request)
     token = hub.settings.metrics_token
     if token and not hmac.compare_digest(bearer_token(request).encode(), token.encode()):
         raise InvalidToken()
-    body = await metrics_of(request).exposition(hub)
+    body = await metrics_of(request).exposition(hub, by_namespace=bool(token))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from api import events, health, history, metrics, openapi
+from api import docs_page, events, health, history, metrics, openapi
 
 routes: list[BaseRoute] = [
     Route("/api/jobs", history.list_jobs, methods=["GET"]),
@@ -13,5 +13,5 @@ routes: list[BaseRoute] = [
     Route("/livez", health.livez, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
-    Route("/docs", openapi.docs, methods=["GET"]),
+    Route("/docs", docs_page.docs, methods=["GET"]),
 ]

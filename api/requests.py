@@ -16,7 +16,15 @@ from starlette.responses import Response
 from api.dispatch import JobSpec, Outcome, Verdict
 from api.hub import Hub
 from api.metrics import observe_job
-from core.errors import AccessDenied, InvalidBody, InvalidHeader, JobFailed, MachineNotFound, RequestError
+from core.errors import (
+    AccessDenied,
+    HubNotConnected,
+    InvalidBody,
+    InvalidHeader,
+    JobFailed,
+    MachineNotFound,
+    RequestError,
+)
 from core.names import valid_machine_id
 from core.registry import Ownership
 from core.schemas import JobState
@@ -27,6 +35,17 @@ encoder = msgspec.json.Encoder()
 
 def json_response(value: object, status_code: int = 200) -> Response:
     return Response(encoder.encode(value), status_code=status_code, media_type="application/json")
+
+
+def raw_json(text: str) -> msgspec.Raw | None:
+    """A JSON text stored by a machine, to embed as is, or None when it is not valid JSON."""
+    if not text:
+        return None
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+    return msgspec.Raw(text.encode())
 
 
 def decode(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
@@ -68,16 +87,19 @@ async def parse(hub: Hub, request: Request, ns: str, machine_id: str, parser: Ca
 async def submit(
     hub: Hub, ns: str, machine_id: str, spec: JobSpec, *, digest: str = "", fingerprint: str = ""
 ) -> Outcome:
-    # The enqueue script itself checks that the namespace has this machine; only on a miss does
-    # the hub look further, to tell 403 from 404.
+    # The scripts themselves find the machine (its heartbeat, its registration); only when they
+    # queued nothing does the hub look further, to tell 403 and 404 from "offline".
     started = time.perf_counter()
     outcome = await hub.dispatcher.submit(ns, machine_id, spec, idempotency_digest=digest, fingerprint=fingerprint)
-    if outcome.verdict is not Verdict.UNREGISTERED:
-        label = outcome.state.value if outcome.verdict is Verdict.DONE and outcome.state else outcome.verdict.value
-        observe_job(hub, spec.kind.value, label, time.perf_counter() - started)
-    if outcome.verdict is Verdict.UNREGISTERED:
+    if outcome.verdict is Verdict.UNAVAILABLE:
         await check_owner(hub, ns, machine_id, MachineNotFound)
-        return Outcome(outcome.job_id, Verdict.OFFLINE)  # it registered meanwhile, so it was not online
+        outcome = Outcome(outcome.job_id, Verdict.OFFLINE)
+    if outcome.verdict is Verdict.OFFLINE and hub.inbox.outages.remaining_s() > 0:
+        # Redis failed this hub less than a heartbeat TTL ago: the heartbeat may have been lost
+        # with it (a failover), not the machine, whose agent beats again within that time.
+        raise HubNotConnected()
+    label = outcome.state.value if outcome.verdict is Verdict.DONE and outcome.state else outcome.verdict.value
+    observe_job(hub, spec.kind.value, label, time.perf_counter() - started)
     return outcome
 
 

@@ -18,6 +18,8 @@ import uvicorn
 
 from api.app import create_app
 from api.health import start_draining
+from api.metrics import Metrics
+from api.protocol import ConnectionLimits, connection_budget, protocol_class
 from core.settings import Settings
 
 GRACEFUL_SHUTDOWN_S = 5
@@ -41,14 +43,18 @@ class DrainingServer(uvicorn.Server):
 
 
 def run(settings: Settings, log_level: str) -> None:
+    app = create_app(settings)
+    metrics: Metrics = app.state.metrics
+    limits = ConnectionLimits.from_settings(settings, connection_budget(settings), metrics.refused)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(limits),  # uvicorn's httptools protocol with deadlines (api/protocol.py)
+        limit_concurrency=None,  # api/limits.py and the protocol answer overload with a JSON 503
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     # uvicorn raises the signal that stopped it again under the handler that was there before:

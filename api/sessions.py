@@ -28,7 +28,7 @@ async def list_sessions(request: Request) -> Response:
         b"{}",
         settings.paths_timeout_s,
         settings.paths_timeout_s,
-        settings.paths_job_retention_s,
+        0.0,  # read-only: no record to keep
         b"null",
     )
     outcome = await submit(hub, ns, machine_id, spec)

@@ -1,34 +1,57 @@
-"""Recent jobs of a namespace: the machines' job histories merged, newest first, for listings.
+"""Recent jobs of a namespace, newest first, for listings: read-only.
 
-Read-only: nothing here writes. Each machine keeps the ids of its last jobs in a ZSET scored by
-creation time (the enqueue script maintains it); a listing merges those and reads the records.
+Hubs add every recorded job (spawn, stop) to the namespace's job index, a ZSET scored by creation
+time (Redis clock, ms); the worker trims it to the retention. A listing walks the index from a
+cursor and reads the records of what it walks, at most `SCAN_FACTOR` entries per job it may
+return, so a request costs O(its page) however large the namespace. A filtered page can therefore
+come back short, with a cursor to walk on.
+
+A machine's recent spawn directories are derived from the same index and the records' `args`,
+so a spawn pays nothing for them; they live as long as the job records do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
 from core.keys import Keys
+from core.names import job_machine
+from core.schemas import JobKind, JobRecord, JobState
 
-JOB_FIELDS = ("kind", "state", "createdMs", "claimedMs", "finishedMs", "result")
+SCAN_FACTOR = 10
+MIN_SCAN = 200
+RECENT_SPAWNS = 200  # the newest successful spawns of a machine its recent directories come from
+_decoder = msgspec.json.Decoder(JobRecord)
+
+
+class _SpawnArgs(msgspec.Struct):
+    directory: str = ""
+
+
+_args_decoder = msgspec.json.Decoder(_SpawnArgs)
+
+
+def _succeeded_spawn(record: JobRecord) -> bool:
+    return record.kind == JobKind.SPAWN and record.state == JobState.SUCCEEDED
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryItem:
-    """A job of a listing: its history position (created ms, id), machine and stored fields."""
-
     created_ms: int
     job_id: str
     machine_id: str
-    record: dict[str, bytes]
+    record: JobRecord
 
-    @property
-    def position(self) -> tuple[int, str]:
-        return self.created_ms, self.job_id
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[HistoryItem]
+    next_position: tuple[int, str] | None  # where the next page starts walking, if more may follow
 
 
 def _s(value: Any) -> str:
@@ -43,70 +66,69 @@ class JobHistory:
     async def recent(
         self,
         ns: str,
-        machine_ids: Sequence[str],
         *,
         before: tuple[int, str] | None = None,
         limit: int = 50,
-        match: Callable[[dict[str, bytes]], bool] = lambda record: True,
-        batch: int = 100,
-    ) -> tuple[list[HistoryItem], bool]:
-        """Up to `limit` jobs of these machines, newest first, strictly after `before`.
-
-        Merges the machines' history ZSETs (ordered by created ms, then job id, both descending)
-        a batch at a time, reads the records in one pipeline per round, skips records that are
-        gone (expired) or that `match` rejects. Returns the items and whether more may follow.
-        Read-only: nothing is written.
-        """
+        machine_id: str | None = None,
+        match: Callable[[JobRecord], bool] = lambda record: True,
+    ) -> HistoryPage:
+        """Up to `limit` jobs strictly after `before` (newest first) that `match` accepts."""
         k = self.keys
         top = "+inf" if before is None else str(before[0])
-        offsets = {m: 0 for m in machine_ids}
-        buffers: dict[str, list[tuple[int, str]]] = {m: [] for m in machine_ids}
-        exhausted: set[str] = set()
-        out: list[HistoryItem] = []
-        while len(out) <= limit:
-            refill = [m for m in machine_ids if not buffers[m] and m not in exhausted]
-            if refill:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for m in refill:
-                        pipe.zrevrangebyscore(
-                            k.history(ns, m), top, "-inf", start=offsets[m], num=batch, withscores=True
-                        )
-                    fetched = await pipe.execute()
-                for m, rows in zip(refill, fetched, strict=True):
-                    offsets[m] += len(rows)
-                    if len(rows) < batch:
-                        exhausted.add(m)
-                    entries = [(int(score), _s(member)) for member, score in rows]
-                    # Entries at or before the cursor (same ms, id not below it) were on earlier pages;
-                    # a batch of only those leaves the buffer empty, and the next round reads on.
-                    buffers[m] = [e for e in entries if before is None or e < before]
-            live = [m for m in machine_ids if buffers[m]]
-            if not live:
-                if all(m in exhausted for m in machine_ids):
+        budget = max(limit * SCAN_FACTOR, MIN_SCAN)
+        batch = min(budget, limit + 1 if machine_id is None else 2 * limit + 1)
+        items: list[HistoryItem] = []
+        offset = 0
+        last: tuple[int, str] | None = None
+        while offset < budget:
+            rows = await self.redis.zrevrangebyscore(k.jobs(ns), top, "-inf", start=offset, num=batch, withscores=True)
+            offset += len(rows)
+            entries = [(int(score), _s(member)) for member, score in rows]
+            if before is not None:  # ties at the cursor's millisecond were on earlier pages
+                entries = [e for e in entries if e < before]
+            owners = {job_id: job_machine(job_id) for _, job_id in entries}
+            wanted = [j for j, m in owners.items() if m is not None and machine_id in (None, m)]
+            records = await self._records(ns, [(j, owners[j] or "") for j in wanted])
+            for score, job_id in entries:
+                record = records.get(job_id)
+                if record is not None and match(record):
+                    if len(items) == limit:
+                        return HistoryPage(items, last)
+                    items.append(HistoryItem(score, job_id, owners[job_id] or "", record))
+                last = (score, job_id)
+            if len(rows) < batch:
+                return HistoryPage(items, None)
+        return HistoryPage(items, last)
+
+    async def recent_directories(self, ns: str, machine_id: str, *, limit: int = 20) -> list[tuple[str, int]]:
+        """(directory as asked, when it was last spawned in) of the machine's newest successful
+        spawns, newest first, each directory once."""
+        page = await self.recent(ns, limit=RECENT_SPAWNS, machine_id=machine_id, match=_succeeded_spawn)
+        found: dict[str, int] = {}
+        for item in page.items:
+            try:
+                directory = _args_decoder.decode(item.record.args).directory
+            except msgspec.DecodeError:
+                continue
+            if directory and directory not in found:
+                found[directory] = item.record.created_ms or item.created_ms
+                if len(found) == limit:
                     break
-                continue
-            # Entries at or above every unfinished machine's last fetched entry come before
-            # anything not fetched yet, so they can be taken in order now.
-            pending = [buffers[m][-1] for m in machine_ids if m not in exhausted and buffers[m]]
-            floor = max(pending) if pending else min(buffers[m][-1] for m in live)
-            if any(not buffers[m] and m not in exhausted for m in machine_ids):
-                continue
-            ready: list[tuple[int, str, str]] = []
-            for m in live:
-                take = [e for e in buffers[m] if e >= floor]
-                buffers[m] = buffers[m][len(take) :]
-                ready.extend((score, job_id, m) for score, job_id in take)
-            ready.sort(reverse=True)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for _score, job_id, m in ready:
-                    pipe.hmget(k.job(ns, m, job_id), *JOB_FIELDS)
-                records = await pipe.execute()
-            for (score, job_id, m), values in zip(ready, records, strict=True):
-                record = {f: v for f, v in zip(JOB_FIELDS, values, strict=True) if v is not None}
-                if "state" not in record or "kind" not in record or not match(record):
+        return list(found.items())
+
+    async def _records(self, ns: str, jobs: list[tuple[str, str]]) -> dict[str, JobRecord]:
+        """The readable records of (job id, machine id) pairs; one pipeline (jobs span slots)."""
+        if not jobs:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, machine_id in jobs:
+                pipe.get(self.keys.job(ns, machine_id, job_id))
+            raws = await pipe.execute()
+        out: dict[str, JobRecord] = {}
+        for (job_id, _), raw in zip(jobs, raws, strict=True):
+            if raw is not None:
+                try:
+                    out[job_id] = _decoder.decode(raw)
+                except msgspec.DecodeError:
                     continue
-                out.append(HistoryItem(score, job_id, m, record))
-                if len(out) > limit:
-                    break
-        more = len(out) > limit
-        return out[:limit], more
+        return out

@@ -1,14 +1,20 @@
-"""Rules for the names users choose: namespaces, machine ids and worktree names."""
+"""Rules for the names users choose: namespaces, machine ids, worktree names and machine labels."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MACHINE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 MAX_SLUG = 48
+# Labels are matched by placement and shown in listings: short, no spaces, no commas (the
+# MACHINE_HUB_LABELS separator), no '=' in the key.
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{1,128}$")
+MAX_LABELS = 32
 
 
 def valid_namespace(name: str) -> bool:
@@ -39,3 +45,22 @@ def job_machine(job_id: str) -> str | None:
     if not dot or len(tail) != 32 or not all(c in "0123456789abcdef" for c in tail):
         return None
     return machine_id if valid_machine_id(machine_id) else None
+
+
+def parse_labels(items: Iterable[str]) -> dict[str, str]:
+    """`key=value` strings as a dict; ValueError saying which one is wrong and how."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"label {item!r} must be key=value")
+        if not LABEL_KEY_RE.fullmatch(key):
+            raise ValueError(f"label key {key!r} must match {LABEL_KEY_RE.pattern}")
+        if not LABEL_VALUE_RE.fullmatch(value):
+            raise ValueError(f"label {key}: value {value!r} must match {LABEL_VALUE_RE.pattern}")
+        if key in labels:
+            raise ValueError(f"label {key} is given twice")
+        labels[key] = value
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels, not {len(labels)}")
+    return labels

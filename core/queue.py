@@ -1,219 +1,190 @@
-"""The per-machine job protocol: hub and agent both speak it only through this module.
+"""The per-machine job protocol: hubs, agents and the worker speak it only through this module.
 
-A job is a hash under its machine's keys; an envelope (id, arguments, reply address) travels
-through the machine's mailbox list; replies travel through the asking hub's inbox list. See
-core.scripts for the state machine.
+A recorded job (spawn, stop) is a JSON string under its machine's keys; its envelope (id,
+arguments, the asking hub's id, the job's secret) travels through the machine's mailbox list;
+the answer travels through the asking hub's inbox. Read-only jobs have no record at all. This
+module and core.registry are the only callers of the Lua scripts and the only writers of events.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
-from core import scripts
+from core import stats
+from core.envelopes import Answer, Enqueued, JobStatus, answer_of, decode_envelopes, encode_envelope, text
 from core.events import EventLog, JobEvent
-from core.keys import Keys
-from core.schemas import CLAIMED_KINDS, Envelope, JobKind, JobState, Reply
+from core.keys import Keys, valid_hub_id, waiting_member
+from core.lua import Scripts
+from core.schemas import Envelope, JobKind, JobRecord, JobState, Reply
 
+log = logging.getLogger(__name__)
 _reply_encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(Reply)
-_envelope_encoder = msgspec.json.Encoder()
-_envelope_decoder = msgspec.json.Decoder(Envelope)
-log = logging.getLogger(__name__)
-INBOX_TTL_MS = 60_000
-
-
-@dataclass(frozen=True, slots=True)
-class Enqueued:
-    """Outcome of `enqueue`. Times are Redis-clock milliseconds."""
-
-    status: str  # queued | offline | duplicate | unknown
-    job_id: str
-    now_ms: int = 0
-    claim_by_ms: int = 0
-    deadline_ms: int = 0
-    fingerprint: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class JobStatus:
-    state: str  # a JobState, or "missing"
-    result: bytes = b""
-    now_ms: int = 0
-    claim_by_ms: int = 0
-    deadline_ms: int = 0
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+_record_decoder = msgspec.json.Decoder(JobRecord)
+FINAL_EVENT_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.EXPIRED, JobState.UNKNOWN})
 
 
 class JobQueue:
     """Job operations for one key prefix on one Redis client."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, history_length: int = 1000, max_events: int = 10_000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        scripts: Scripts,
+        *,
+        max_events: int = 10_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
+    ) -> None:
         self.redis = redis
         self.keys = keys
-        self.history_length = history_length
+        self.scripts = scripts
         self.events = EventLog(keys, max_events=max_events)
-        self._enqueue = redis.register_script(scripts.ENQUEUE)
-        self._attach = redis.register_script(scripts.ATTACH)
-        self._claim = redis.register_script(scripts.CLAIM)
-        self._complete = redis.register_script(scripts.COMPLETE)
-        self._abandon = redis.register_script(scripts.ABANDON)
-        self._recover = redis.register_script(scripts.RECOVER)
-        self._finish = redis.register_script(scripts.FINISH)
+        # With replicas, a claim or an abandon is acted on only once replicated (WAIT): a failover
+        # could otherwise lose the one write that decides whether a spawn runs.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+
+    async def _decisive(self, name: str, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
+        """Run a claim or abandon script; whether its writes reached the replicas asked for."""
+        if not self.wait_replicas:
+            return await self.scripts.run(name, keys, args), True
+        out, acked = await self.scripts.run_and_wait(
+            name, keys, args, replicas=self.wait_replicas, timeout_ms=self.wait_timeout_ms
+        )
+        return out, acked >= self.wait_replicas
 
     async def enqueue(
         self,
         ns: str,
         machine_id: str,
-        job_id: str,
-        kind: JobKind,
-        args: bytes,
+        envelope: Envelope,
         *,
-        reply_to: str,
+        record_args: bytes,
         claim_timeout_ms: int,
         timeout_ms: int,
         retention_ms: int,
         offline_result: bytes,
-        idempotency_digest: str = "",
+        max_queued: int,
         fingerprint: str = "",
         idempotency_ttl_ms: int = 0,
+        wait_ms: int = 0,
     ) -> Enqueued:
-        """Record the job and push it, or fail fast when the machine has no live heartbeat.
+        """Record a spawn or stop and push it, or fail fast when the machine has no heartbeat.
 
-        Status `unknown` means the namespace has no such machine (the caller tells 403 from 404).
+        `unknown` means the namespace has no such machine (the caller tells 403 from 404); a job
+        that was recorded (queued, waiting or offline) is added to the namespace's job index. With
+        `wait_ms`, a spawn to a machine without a heartbeat is `waiting`: queued for it to come
+        online within that time, and handed to the worker, which settles it (core.waiting).
         """
         k = self.keys
-        envelope = _envelope_encoder.encode(
-            Envelope(
-                job_id=job_id, kind=kind, args=msgspec.Raw(args), reply_to=reply_to, idempotency=idempotency_digest
-            )
-        )
-        # Read-only jobs (path checks may be large) keep their arguments only in the envelope.
-        kept_args = args if kind in CLAIMED_KINDS else b""
-        out = await self._enqueue(
-            keys=[
+        job_id = envelope.job_id
+        out = await self.scripts.run(
+            "ENQUEUE",
+            [
                 k.heartbeat(ns, machine_id),
+                k.reg(ns, machine_id),
                 k.mailbox(ns, machine_id),
                 k.job(ns, machine_id, job_id),
-                k.idempotency(ns, machine_id, idempotency_digest or "-"),
-                k.info(ns, machine_id),
-                k.history(ns, machine_id),
-                k.stats(ns, machine_id),
+                k.idempotency(ns, machine_id, envelope.idempotency or "-"),
+                k.waiting(ns, machine_id),
             ],
-            args=[
+            [
                 job_id,
-                kind.value,
-                kept_args,
-                envelope,
+                envelope.kind.value,
+                machine_id,
+                record_args,
+                encode_envelope(envelope),
                 claim_timeout_ms,
                 timeout_ms,
                 retention_ms,
-                fingerprint if idempotency_digest else "",
+                fingerprint if envelope.idempotency else "",
                 idempotency_ttl_ms,
-                machine_id,
                 offline_result,
-                reply_to,
-                self.history_length,
+                envelope.reply_to,
+                envelope.secret,
+                max_queued,
+                wait_ms,
             ],
         )
-        status = _s(out[0])
+        status = text(out[0])
         if status == "duplicate":
-            existing_id, _, existing_fp = _s(out[1]).partition(" ")
+            existing_id, _, existing_fp = text(out[1]).partition(" ")
             return Enqueued("duplicate", existing_id, fingerprint=existing_fp)
-        if status == "exists":
-            return Enqueued("duplicate", job_id, fingerprint=fingerprint)
-        if status in ("offline", "unknown"):
+        if status in ("unknown", "draining", "full"):
             return Enqueued(status, job_id)
-        return Enqueued("queued", job_id, int(out[2]), int(out[3]), int(out[4]))
+        now = int(out[1])
+        if status == "waiting":
+            event = JobEvent(job_id=job_id, machine_id=machine_id, kind=envelope.kind, state="waiting")
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(k.jobs(ns), {job_id: now})
+                pipe.zadd(k.waiting_due(), {waiting_member(ns, job_id): now})
+                self.events.add(pipe, ns, event)
+                await pipe.execute()
+            return Enqueued("waiting", job_id, now, int(out[2]), int(out[3]))
+        await self.redis.zadd(k.jobs(ns), {job_id: now})
+        if status == "offline":
+            event = JobEvent(job_id=job_id, machine_id=machine_id, kind=envelope.kind, state=JobState.FAILED)
+            await self.publish_final(ns, event, code="machine_offline")
+            return Enqueued("offline", job_id, now)
+        return Enqueued("queued", job_id, now, int(out[2]), int(out[3]))
 
-    async def attach(self, ns: str, machine_id: str, job_id: str, reply_to: str, retention_ms: int) -> JobStatus:
-        """Read a job's state and, while it is not final, ask for its reply on `reply_to` too."""
+    async def push_read(self, ns: str, machine_id: str, envelope: Envelope, *, max_queued: int) -> str:
+        """Push a read-only job: `queued`, `offline` (no heartbeat) or `full`."""
         k = self.keys
-        out = await self._attach(
-            keys=[k.job(ns, machine_id, job_id), k.waiters(ns, machine_id, job_id)],
-            args=[reply_to, retention_ms],
+        depth = await self.scripts.run(
+            "PUSH_READ",
+            [k.heartbeat(ns, machine_id), k.mailbox(ns, machine_id)],
+            [encode_envelope(envelope), max_queued],
         )
-        if _s(out[0]) == "missing":
+        return {-1: "offline", -2: "full"}.get(int(depth), "queued")
+
+    async def attach(self, ns: str, machine_id: str, job_id: str, hub_id: str) -> JobStatus:
+        """Read a job's state and, while it is not final, ask for its reply on this hub too."""
+        out = await self.scripts.run("ATTACH", [self.keys.job(ns, machine_id, job_id)], [hub_id])
+        if text(out[0]) == "missing":
             return JobStatus("missing")
-        return JobStatus(_s(out[0]), bytes(out[1]) if out[1] else b"", int(out[2]), int(out[3]), int(out[4]))
-
-    async def abandon(self, ns: str, machine_id: str, job_id: str, *, give_up: bool) -> JobStatus:
-        """At a deadline: expire a job still queued; with give_up, mark a running one unknown."""
-        k = self.keys
-        out = await self._abandon(
-            keys=[k.job(ns, machine_id, job_id), k.running(ns, machine_id), k.stats(ns, machine_id)],
-            args=["give_up" if give_up else "expire", job_id],
+        state, result, now, claim_by, deadline, secret, wait_ms = out
+        return JobStatus(
+            text(state), _b(result), int(now), int(claim_by), int(deadline), text(secret), wait_ms=int(wait_ms)
         )
-        return JobStatus(_s(out[0]), bytes(out[1]) if len(out) > 1 and out[1] else b"")
 
-    async def claim(self, ns: str, machine_id: str, job_id: str, instance: str) -> bool:
-        """Take a queued job before its claim deadline; False if it was late, taken or gone."""
-        k = self.keys
-        out = await self._claim(
-            keys=[k.job(ns, machine_id, job_id), k.running(ns, machine_id), k.stats(ns, machine_id)],
-            args=[instance, job_id],
-        )
-        return _s(out[0]) == "claimed"
+    async def abandon(self, ns: str, machine_id: str, job_id: str, kind: JobKind, *, give_up: bool) -> JobStatus:
+        """At a deadline: expire a job still queued; with give_up, mark a running one unknown.
 
-    async def finish(
-        self, ns: str, machine_id: str, job: Envelope, instance: str, state: JobState, result: bytes, code: str = ""
-    ) -> None:
-        """Settle a read-only job without a claim, and reply, in one round trip.
-
-        The reply is sent even if the hub already gave up (then nobody waits for it): the hub
-        decides between its abandon and this reply by which one changed the record first.
+        Only the call that changed the job publishes its event.
         """
-        reply = _reply_encoder.encode(
-            Reply(job_id=job.job_id, machine_id=machine_id, state=state, result=msgspec.Raw(result))
+        out, replicated = await self._decisive(
+            "ABANDON", [self.keys.job(ns, machine_id, job_id)], ["give_up" if give_up else "expire"]
         )
-        keys = [self.keys.job(ns, machine_id, job.job_id), self.keys.stats(ns, machine_id)]
-        # EVALSHA by hand: a script object in a pipeline costs an extra SCRIPT EXISTS round trip.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._finish.sha, len(keys), *keys, instance, state.value, result)
-            pipe.lpush(job.reply_to, reply)
-            pipe.pexpire(job.reply_to, INBOX_TTL_MS)
-            event = JobEvent(job_id=job.job_id, machine_id=machine_id, kind=job.kind, state=state, code=code or None)
-            self.events.add(pipe, ns, event)
-            settled, *_ = await pipe.execute(raise_on_error=False)
-        if isinstance(settled, NoScriptError):  # Redis restarted: the script never ran, so run it now
-            await self._finish(keys=keys, args=[instance, state.value, result])
-        elif isinstance(settled, Exception):
-            raise settled
+        if text(out[0]) == "missing":
+            return JobStatus("missing")
+        changed, state = text(out[0]) == "changed", text(out[1])
+        if changed:
+            await self.publish_final(ns, JobEvent(job_id=job_id, machine_id=machine_id, kind=kind, state=state))
+        return JobStatus(state, _b(out[2]), changed=changed, replicated=replicated)
+
+    async def claim(self, ns: str, machine_id: str, job_id: str, instance: str) -> str:
+        """Take a queued job before its claim deadline: `claimed`; `unreplicated` when the claim
+        did not reach the replicas in time (the job must not run); `no` if late, taken or gone."""
+        out, replicated = await self._decisive("CLAIM", [self.keys.job(ns, machine_id, job_id)], [instance])
+        if text(out[0]) != "claimed":
+            return "no"
+        return "claimed" if replicated else "unreplicated"
 
     async def complete(
-        self,
-        ns: str,
-        machine_id: str,
-        job_id: str,
-        instance: str,
-        state: JobState,
-        result: bytes,
-        *,
-        kind: JobKind,
-        code: str = "",
-    ) -> bool:
-        """Store the result (fenced by instance) and push a reply to every waiting hub."""
-        k = self.keys
-        out = await self._complete(
-            keys=[
-                k.job(ns, machine_id, job_id),
-                k.waiters(ns, machine_id, job_id),
-                k.running(ns, machine_id),
-                k.stats(ns, machine_id),
-            ],
-            args=[instance, state.value, result, job_id],
+        self, ns: str, machine_id: str, job_id: str, instance: str, state: JobState, result: bytes
+    ) -> Answer | None:
+        """Store the result (fenced by instance); where to answer, or None if it was refused."""
+        out = await self.scripts.run(
+            "COMPLETE", [self.keys.job(ns, machine_id, job_id)], [instance, state.value, result]
         )
-        event = JobEvent(job_id=job_id, machine_id=machine_id, kind=kind, state=state, code=code or None)
-        return await self._notify(out, ns, event, result)
+        return answer_of(out, 1) if text(out[0]) == "done" else None
 
     async def recover(
         self,
@@ -224,76 +195,113 @@ class JobQueue:
         instance: str,
         state: JobState,
         result: bytes,
-        *,
-        kind: JobKind,
-        code: str = "",
-    ) -> bool:
+    ) -> Answer | None:
         """Finish a job an earlier, now gone, instance of this agent claimed."""
         k = self.keys
-        out = await self._recover(
-            keys=[
-                k.job(ns, machine_id, job_id),
-                k.waiters(ns, machine_id, job_id),
-                k.heartbeat(ns, machine_id),
-                k.running(ns, machine_id),
-                k.stats(ns, machine_id),
-            ],
-            args=[old_instance, instance, state.value, result, job_id],
+        out = await self.scripts.run(
+            "RECOVER",
+            [k.job(ns, machine_id, job_id), k.heartbeat(ns, machine_id)],
+            [old_instance, instance, state.value, result],
         )
-        event = JobEvent(job_id=job_id, machine_id=machine_id, kind=kind, state=state, code=code or None)
-        return await self._notify(out, ns, event, result)
+        return answer_of(out, 1) if text(out[0]) == "done" else None
 
-    async def _notify(self, out: list[Any], ns: str, event: JobEvent, result: bytes) -> bool:
-        if _s(out[0]) != "done":
-            return False
-        await self.notify(ns, [_s(x) for x in out[1:]], event, result)
-        return True
+    async def reply(self, machine_id: str, job_id: str, state: JobState, result: bytes, answer: Answer) -> None:
+        """Push the reply to every hub waiting for it, in one round trip.
 
-    async def notify(self, ns: str, inboxes: list[str], event: JobEvent, result: bytes) -> None:
-        """Reply to every hub inbox waiting for the job, and record the event, in one round trip."""
-        reply = _reply_encoder.encode(
-            Reply(
-                job_id=event.job_id,
-                machine_id=event.machine_id,
-                state=JobState(event.state),
-                result=msgspec.Raw(result),
+        Hub ids come from records a machine can write, so each is checked before it names a key.
+        Replies are notifications: pushing one twice is harmless, a hub resolves a job once.
+        """
+        pushes = []
+        for hub, origin in [(answer.origin, True), *((hub, False) for hub in answer.joined)]:
+            if not valid_hub_id(hub):
+                log.warning("job %s names no valid hub to answer (%r); not answered", job_id, hub[:40])
+                continue
+            reply = Reply(
+                job_id=job_id,
+                machine_id=machine_id,
+                state=state,
+                result=msgspec.Raw(result or b"null"),
+                secret=answer.secret,
+                origin=origin,
             )
-        )
-        # Replies are notifications: pushing one twice is harmless, the hub resolves a job once.
+            pushes.append((self.keys.inbox(hub), _reply_encoder.encode(reply)))
+        if len(pushes) == 1:  # the usual case, without a pipeline's own cost
+            await self.redis.lpush(*pushes[0])
+        elif pushes:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, payload in pushes:
+                    pipe.lpush(key, payload)
+                await pipe.execute()
+
+    async def publish_final(self, ns: str, event: JobEvent, code: str = "") -> None:
+        """The event of a recorded job that ended, and its fleet counter, in one round trip."""
+        if code and event.code is None:
+            event = msgspec.structs.replace(event, code=code)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for inbox in dict.fromkeys(x for x in inboxes if x):
-                pipe.lpush(inbox, reply)
-                pipe.pexpire(inbox, INBOX_TTL_MS)
             self.events.add(pipe, ns, event)
+            stats.add(pipe, self.keys, ns, f"{stats.FINISHED}:{event.state}")
             await pipe.execute()
 
-    async def job(self, ns: str, machine_id: str, job_id: str) -> dict[str, bytes] | None:
+    # The worker's side (core.sweeps): a machine went offline, or the instance that claimed a job.
+
+    async def drain(self, ns: str, machine_id: str) -> list[Envelope]:
+        """Take every envelope off the mailbox of a machine without a heartbeat (none if it has one)."""
+        k = self.keys
+        raws = await self.scripts.run("DRAIN", [k.mailbox(ns, machine_id), k.heartbeat(ns, machine_id)], [])
+        return decode_envelopes(raws or (), machine_id)
+
+    async def orphan(self, ns: str, machine_id: str, job_id: str, offline_result: bytes) -> str:
+        """Settle a job its machine left behind (core.machine_scripts.ORPHAN), answering and publishing once.
+
+        Returns `failed` (was queued, no heartbeat), `unknown` (its claimer is gone), `alive`,
+        `skip` (already settled) or `missing`.
+        """
+        k = self.keys
+        out = await self.scripts.run(
+            "ORPHAN", [k.job(ns, machine_id, job_id), k.heartbeat(ns, machine_id)], [offline_result]
+        )
+        status = text(out[0])
+        if status == "failed":
+            kind = text(out[1])
+            await self.reply(machine_id, job_id, JobState.FAILED, offline_result, answer_of(out, 2))
+            event = JobEvent(job_id=job_id, machine_id=machine_id, kind=kind, state=JobState.FAILED)
+            await self.publish_final(ns, event, code="machine_offline")
+        elif status == "unknown":
+            event = JobEvent(job_id=job_id, machine_id=machine_id, kind=text(out[1]), state=JobState.UNKNOWN)
+            await self.publish_final(ns, event)
+        return status
+
+    async def record(self, ns: str, machine_id: str, job_id: str) -> JobRecord | None:
         """The job's record as stored, or None when there is none (never was, or expired)."""
-        raw = await self.redis.hgetall(self.keys.job(ns, machine_id, job_id))
-        return {_s(key): value for key, value in raw.items()} or None
+        raw = await self.redis.get(self.keys.job(ns, machine_id, job_id))
+        if raw is None:
+            return None
+        try:
+            return _record_decoder.decode(raw)
+        except msgspec.DecodeError:
+            log.error("job %s has an unreadable record", job_id)
+            return None
 
     async def pop_mailbox(
         self, blocking: Redis, ns: str, machine_id: str, timeout_s: float, count: int
     ) -> list[Envelope]:
         """Wait up to timeout_s for jobs on the machine's mailbox (oldest first)."""
         out = await blocking.blmpop(timeout_s, 1, self.keys.mailbox(ns, machine_id), direction="RIGHT", count=count)
-        jobs = []
-        for raw in out[1] if out else ():
-            try:
-                jobs.append(_envelope_decoder.decode(raw))
-            except msgspec.DecodeError:
-                log.error("dropped an unreadable mailbox entry of %s: %r", machine_id, raw[:200])
-        return jobs
+        return decode_envelopes(out[1] if out else (), machine_id)
 
-    async def pop_inbox(self, blocking: Redis, inboxes: Sequence[str], timeout_s: float, count: int) -> list[Reply]:
-        """Wait up to timeout_s for replies on any of a hub's inboxes."""
-        out = await blocking.blmpop(timeout_s, len(inboxes), *inboxes, direction="RIGHT", count=count)
-        if not out:
-            return []
+    async def pop_inbox(self, blocking: Redis, hub_id: str, timeout_s: float, count: int) -> list[Reply]:
+        """Wait up to timeout_s for replies on a hub's inbox; unreadable entries are dropped."""
+        out = await blocking.blmpop(timeout_s, 1, self.keys.inbox(hub_id), direction="RIGHT", count=count)
         replies = []
-        for raw in out[1]:
+        for raw in out[1] if out else ():
             try:
                 replies.append(_reply_decoder.decode(raw))
             except msgspec.DecodeError:
-                continue  # a wake-up token, or a reply from an incompatible agent
+                continue  # junk any machine may push; only replies with a job's secret count
         return replies
+
+
+def _b(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value or "").encode()

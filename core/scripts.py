@@ -1,257 +1,248 @@
-"""The Lua scripts behind every job transition; each reads the clock with Redis TIME.
+"""The Lua scripts behind every job and machine transition (docs/design.md, "Jobs").
 
-States: queued -> running -> succeeded | failed | unknown(-> final later); queued -> expired.
-Claim and abandon both act only on `queued`, so exactly one of them wins a job: a job the hub
-abandoned can never run, and a job the agent claimed is never reported as not started.
+A recorded job (spawn, stop) is one JSON string under its machine's keys; `args` and `result`
+inside it are JSON texts kept as strings, so no script ever re-encodes what a caller sent.
+
+    from      to                   by
+    (none)    queued               ENQUEUE (hub; the machine has a heartbeat)
+    (none)    failed               ENQUEUE (hub; no heartbeat: nothing is queued)
+    (none)    queued, waiting      ENQUEUE (hub; no heartbeat, a spawn with waitForMachineS)
+    queued    running              CLAIM (agent, before claimBy)
+    queued    expired              CLAIM (agent, after claimBy) or ABANDON (hub or, waiting, worker)
+    queued    failed               ORPHAN (sweep: the machine has no heartbeat; never a waiting job)
+    running   succeeded | failed   COMPLETE (agent, the instance that claimed it)
+    running   unknown              ABANDON give_up (hub or worker, at its deadline) or ORPHAN (claimer gone)
+    unknown   succeeded | failed   COMPLETE (the claimer, late) or RECOVER (its successor's journal)
+
+ORPHAN, the scripts of a machine's registration (SET_REG, UNREGISTER: written by trusted processes
+only) and those of the sweeps and webhooks are in core/machine_scripts.py.
+
+Claim and abandon both act only on `queued`, so exactly one of them wins: a job the hub
+abandoned never runs, and a job an agent claimed is never reported as not started. A waiting
+job (`waitMs` in its record) is a queued spawn whose claim deadline is the end of its wait: its
+machine takes it when it comes online, and its run deadline starts at the claim. Read-only
+jobs (path checks, session lists) have no record: their envelope is pushed by PUSH_READ and the
+answer goes straight to the asking hub. Every script reads the clock with Redis TIME; none is ever
+retried after an error other than NOSCRIPT, which means it did not run (core.lua), except COMPLETE:
+the same report from the same instance again changes nothing and gets the first one's answer.
 """
 
 from __future__ import annotations
 
 NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 """
 
-# KEYS: heartbeat, mailbox, job, idempotency, info, job history, stats
-# ARGV: job id, kind, args to keep on the record, mailbox envelope, claim timeout ms, timeout ms,
-#       retention ms, idempotency record ('' for none), idempotency ttl ms, machine id,
-#       offline result, reply inbox, history length
+# Reads the job record, or returns {'missing'} from the script.
+RECORD = """
+local raw = redis.call('GET', job)
+if not raw then return {'missing'} end
+local rec = cjson.decode(raw)
+local function save() redis.call('SET', job, cjson.encode(rec), 'KEEPTTL') end
+"""
+
 ENQUEUE = (
     NOW
     + """
-if redis.call('EXISTS', KEYS[5]) == 0 then return {'unknown'} end
-if ARGV[8] ~= '' then
-  local existing = redis.call('GET', KEYS[4])
+local hb, reg, mailbox, job, idem, waiting_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local job_id, kind, machine_id, args, envelope = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local claim_ms, timeout_ms, retention_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local fingerprint, idem_ttl_ms, offline_result = ARGV[9], ARGV[10], ARGV[11]
+local hub_id, secret, max_queued = ARGV[12], ARGV[13], tonumber(ARGV[14])
+local wait_ms = tonumber(ARGV[15] or '0')
+if fingerprint ~= '' then
+  local existing = redis.call('GET', idem)
   if existing then return {'duplicate', existing} end
 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'exists', ARGV[1]} end
-redis.call('ZADD', KEYS[6], now, ARGV[1])
-local extra = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[13])
-if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[6], 0, extra - 1) end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[3], 'kind', ARGV[2], 'machineId', ARGV[10], 'state', 'failed',
-    'createdMs', now, 'finishedMs', now, 'result', ARGV[11])
-  redis.call('PEXPIRE', KEYS[3], ARGV[7])
-  redis.call('HINCRBY', KEYS[7], 'failed', 1)
-  return {'offline', ARGV[1]}
+local registered = redis.call('HMGET', reg, 'addedMs', 'drained')
+if not registered[1] then return {'unknown'} end
+if registered[2] == '1' and kind == 'spawn' then return {'draining'} end  -- stops still run
+local rec = {kind = kind, machineId = machine_id, args = args}
+local waiting = false
+if redis.call('EXISTS', hb) == 0 then
+  local now = now_ms()
+  if wait_ms <= 0 or kind ~= 'spawn' then
+    rec.state, rec.createdMs, rec.finishedMs, rec.result = 'failed', now, now, offline_result
+    redis.call('SET', job, cjson.encode(rec), 'PX', retention_ms)
+    return {'offline', now}
+  end
+  waiting = true
 end
-local claim_by = now + tonumber(ARGV[5])
-local deadline = now + tonumber(ARGV[6])
-redis.call('HSET', KEYS[3], 'kind', ARGV[2], 'machineId', ARGV[10], 'args', ARGV[3],
-  'state', 'queued', 'replyTo', ARGV[12], 'createdMs', now, 'claimBy', claim_by,
-  'deadlineMs', deadline)
-redis.call('PEXPIRE', KEYS[3], ARGV[7])
-redis.call('LPUSH', KEYS[2], ARGV[4])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[6]) then
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+local depth = redis.call('LPUSH', mailbox, envelope)
+if depth > max_queued then
+  redis.call('LPOP', mailbox)
+  return {'full', depth - 1}
 end
-if ARGV[8] ~= '' then
-  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[8], 'PX', ARGV[9])
+local now = now_ms()
+rec.state, rec.replyTo, rec.secret, rec.createdMs = 'queued', hub_id, secret, now
+rec.claimBy, rec.deadlineMs = now + claim_ms, now + timeout_ms
+if waiting then
+  -- The wait is the claim deadline; the run gets the usual deadline from its claim (CLAIM).
+  rec.waitMs, rec.runMs = wait_ms, timeout_ms
+  rec.claimBy, rec.deadlineMs = now + wait_ms, now + wait_ms + timeout_ms
+  retention_ms = tonumber(retention_ms) + wait_ms
+  redis.call('SADD', waiting_set, job_id)  -- the worker looks at them when the machine comes online
 end
-return {'queued', ARGV[1], now, claim_by, deadline}
+redis.call('SET', job, cjson.encode(rec), 'PX', retention_ms)
+if fingerprint ~= '' then
+  redis.call('SET', idem, job_id .. ' ' .. fingerprint, 'PX', idem_ttl_ms)
+end
+if waiting then return {'waiting', now, rec.claimBy, rec.deadlineMs} end
+return {'queued', now, rec.claimBy, rec.deadlineMs}
 """
 )
 
-# KEYS: job, waiters. ARGV: reply inbox, retention ms.
+# A read-only job: pushed only while the machine has a heartbeat and room in its mailbox.
+PUSH_READ = """
+local hb, mailbox = KEYS[1], KEYS[2]
+local envelope, max_queued = ARGV[1], tonumber(ARGV[2])
+if redis.call('EXISTS', hb) == 0 then return -1 end
+local depth = redis.call('LPUSH', mailbox, envelope)
+if depth > max_queued then
+  redis.call('LPOP', mailbox)
+  return -2
+end
+return depth
+"""
+
+# A second caller with the same Idempotency-Key joins a job: its hub is told the outcome too.
 ATTACH = (
     NOW
     + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'result', 'claimBy', 'deadlineMs')
-if not f[1] then return {'missing'} end
-if f[1] == 'queued' or f[1] == 'running' then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local job = KEYS[1]
+local hub_id = ARGV[1]
+"""
+    + RECORD
+    + """
+if rec.state == 'queued' or rec.state == 'running' then
+  rec.waiters = ((rec.waiters or '') .. ' ' .. hub_id)
+  save()
 end
-return {f[1], f[2] or '', now, f[3] or '0', f[4] or '0'}
+return {rec.state, rec.result or '', now_ms(), rec.claimBy or 0, rec.deadlineMs or 0, rec.secret or '', rec.waitMs or 0}
 """
 )
 
-# KEYS: job, running set, stats. ARGV: agent instance id, job id.
 CLAIM = (
     NOW
     + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'claimBy')
-if not f[1] then return {'missing'} end
-if f[1] ~= 'queued' then return {'taken', f[1]} end
-if now > tonumber(f[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'expired', 'finishedMs', now)
-  redis.call('HINCRBY', KEYS[3], 'expired', 1)
+local job = KEYS[1]
+local instance = ARGV[1]
+"""
+    + RECORD
+    + """
+if rec.state ~= 'queued' then return {'taken', rec.state} end
+local now = now_ms()
+if now > rec.claimBy then
+  rec.state, rec.finishedMs = 'expired', now
+  save()
   return {'late'}
 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'claimedBy', ARGV[1], 'claimedMs', now)
-redis.call('SADD', KEYS[2], ARGV[2])
+rec.state, rec.claimedBy, rec.claimedMs = 'running', instance, now
+if rec.runMs then rec.deadlineMs = now + rec.runMs end  -- a waiting job runs from its claim on
+save()
 return {'claimed'}
 """
 )
 
-# KEYS: job, waiters, running set, stats. ARGV: agent instance id, final state, result, job id.
 # Fenced by the instance id: an agent that was paused or replaced cannot overwrite the job.
+# Returns where to answer: the asking hub, the hubs that joined, and the job's secret.
 COMPLETE = (
     NOW
     + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'claimedBy', 'replyTo')
-if not f[1] then return {'missing'} end
-if f[2] ~= ARGV[1] or (f[1] ~= 'running' and f[1] ~= 'unknown') then return {'stale', f[1]} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'finishedMs', now)
-redis.call('SREM', KEYS[3], ARGV[4])
-redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-local out = {'done', f[3]}
-for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
-redis.call('DEL', KEYS[2])
-return out
+local job = KEYS[1]
+local instance, state, result = ARGV[1], ARGV[2], ARGV[3]
 """
-)
-
-# KEYS: job, stats. ARGV: agent instance id, final state, result.
-# A read-only job (a path check) runs without a claim and is settled in one step: it counts only
-# while the hub still waits (state queued); a late result changes nothing, as nothing was changed.
-FINISH = (
-    NOW
+    + RECORD
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' then return {'refused', state or 'missing'} end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'claimedBy', ARGV[1],
-  'claimedMs', now, 'finishedMs', now)
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-return {'done'}
+if rec.claimedBy == instance and rec.state == state and rec.result == result then
+  -- The same report again (its first answer was lost): nothing changes, the answer is repeated.
+  return {'done', rec.replyTo or '', rec.waiters or '', rec.secret or ''}
+end
+if rec.claimedBy ~= instance or (rec.state ~= 'running' and rec.state ~= 'unknown') then
+  return {'stale', rec.state}
+end
+rec.state, rec.result, rec.finishedMs = state, result, now_ms()
+save()
+return {'done', rec.replyTo or '', rec.waiters or '', rec.secret or ''}
 """
 )
 
-# KEYS: job, waiters, heartbeat, running set, stats.
-# ARGV: previous instance, this instance, final state, result, job id.
 # The one way a restarted agent may finish a job its previous incarnation claimed: only when
 # that instance claimed it and no longer holds the machine's heartbeat.
 RECOVER = (
     NOW
     + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'claimedBy', 'replyTo')
-if not f[1] then return {'missing'} end
-if f[2] ~= ARGV[1] or (f[1] ~= 'running' and f[1] ~= 'unknown') then return {'stale', f[1]} end
-if redis.call('HGET', KEYS[3], 'instance') == ARGV[1] then return {'alive'} end
-redis.call('HSET', KEYS[1], 'state', ARGV[3], 'result', ARGV[4], 'finishedMs', now, 'recoveredBy', ARGV[2])
-redis.call('SREM', KEYS[4], ARGV[5])
-redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
-local out = {'done', f[3]}
-for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
-redis.call('DEL', KEYS[2])
-return out
+local job, hb = KEYS[1], KEYS[2]
+local old_instance, instance, state, result = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+"""
+    + RECORD
+    + """
+if rec.claimedBy ~= old_instance or (rec.state ~= 'running' and rec.state ~= 'unknown') then
+  return {'stale', rec.state}
+end
+local beat = redis.call('GET', hb)
+if beat and string.sub(beat, 1, 32) == old_instance then return {'alive'} end
+rec.state, rec.result, rec.finishedMs, rec.recoveredBy = state, result, now_ms(), instance
+save()
+return {'done', rec.replyTo or '', rec.waiters or '', rec.secret or ''}
 """
 )
 
-# KEYS: job, running set, stats.
-# ARGV: 'expire' (queued -> expired) or 'give_up' (also running -> unknown), job id.
+# At a deadline: 'expire' ends a job still queued; 'give_up' also turns a running one unknown.
+# The first element says whether this call changed the job, so a second abandon stays silent.
 ABANDON = (
     NOW
     + """
-local f = redis.call('HMGET', KEYS[1], 'state', 'result')
-if not f[1] then return {'missing'} end
-if f[1] == 'queued' then
-  redis.call('HSET', KEYS[1], 'state', 'expired', 'finishedMs', now)
-  redis.call('HINCRBY', KEYS[3], 'expired', 1)
-  return {'expired', ''}
+local job = KEYS[1]
+local mode = ARGV[1]
+"""
+    + RECORD
+    + """
+if rec.state == 'queued' then
+  rec.state, rec.finishedMs, rec.published = 'expired', now_ms(), true
+  save()
+  return {'changed', 'expired', ''}
 end
-if f[1] == 'running' and ARGV[1] == 'give_up' then
-  redis.call('HSET', KEYS[1], 'state', 'unknown')
-  redis.call('SREM', KEYS[2], ARGV[2])
-  redis.call('HINCRBY', KEYS[3], 'unknown', 1)
-  return {'unknown', ''}
+if rec.state == 'running' and mode == 'give_up' then
+  rec.state, rec.published = 'unknown', true
+  save()
+  return {'changed', 'unknown', ''}
 end
-return {f[1], f[2] or ''}
+return {'same', rec.state, rec.result or ''}
 """
 )
 
-# KEYS: heartbeat, info. ARGV: agent instance id, metadata json, ttl ms.
-# Returns whether the registration record still exists, so an agent notices Redis lost it.
-HEARTBEAT = (
+# The worker's look at a waiting job (core.waiting), nobody else's to settle: it expires the job at
+# the end of its wait, gives a claimed one up at its run deadline, and announces once (`published`,
+# which ABANDON and ORPHAN also set when they publish) an outcome nobody published yet.
+WAITING = (
     NOW
     + """
-redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'seenMs', now, 'metadata', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
--- Kept on the registration record, so an offline machine still shows when it was last seen.
-redis.call('HSET', KEYS[2], 'lastSeenMs', now)
-return 1
+local job, hb = KEYS[1], KEYS[2]
 """
-)
-
-# KEYS: heartbeat. ARGV: agent instance id. A stopping agent removes only its own heartbeat.
-RELEASE = """
-if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+    + RECORD
+    + """
+local now = now_ms()
+if rec.state == 'queued' then
+  if now <= rec.claimBy then return {'queued', rec.claimBy, redis.call('EXISTS', hb)} end
+  rec.state, rec.finishedMs = 'expired', now
+elseif rec.state == 'running' then
+  if now <= rec.deadlineMs then return {'running', rec.deadlineMs, 1} end
+  rec.state = 'unknown'
+elseif rec.published then
+  return {'done'}
 end
-return 0
-"""
-
-# KEYS: info. ARGV: online | offline. Returns 1 when the state changed (then tell the watchers).
-SET_STATE = (
-    NOW
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[1], 'state') == ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'stateSinceMs', now)
-return 1
+rec.published = true
+save()
+return {'ended', rec.state, rec.result or '', rec.kind or ''}
 """
 )
 
-# The background worker's sweeps (core.sweeps). Each acts only on what it saw, so running a sweep
-# twice, or on two workers at once, changes nothing the second time.
-
-# KEYS: info, heartbeat. ARGV: online | offline.
-# SET_STATE, but only while the heartbeat agrees: a machine that came back between the sweep's
-# read and this script is not marked offline (nor a vanished one online). Returns 1 on a change.
-SWEEP_STATE = (
-    NOW
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local beating = redis.call('EXISTS', KEYS[2]) == 1
-if beating ~= (ARGV[1] == 'online') then return 0 end
-if redis.call('HGET', KEYS[1], 'state') == ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'stateSinceMs', now)
-return 1
-"""
-)
-
-# KEYS: mailbox, heartbeat. Takes every envelope off an offline machine's mailbox (oldest last),
-# none while the machine has a heartbeat.
-DRAIN = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return items
-"""
-
-# KEYS: job, waiters, stats, heartbeat. ARGV: result for claimed kinds, result for read-only kinds.
-# Fails a job still queued on a machine without a heartbeat; returns its kind and reply addresses.
-FAIL_QUEUED = (
-    NOW
-    + """
-if redis.call('EXISTS', KEYS[4]) == 1 then return {'alive'} end
-local f = redis.call('HMGET', KEYS[1], 'state', 'kind', 'replyTo')
-if f[1] ~= 'queued' then return {'skip', f[1] or 'missing'} end
-local result = ARGV[2]
-if f[2] == 'spawn' or f[2] == 'stop' then result = ARGV[1] end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'result', result, 'finishedMs', now)
-redis.call('HINCRBY', KEYS[3], 'failed', 1)
-local out = {'done', f[2] or '', result, f[3] or ''}
-for _, w in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do table.insert(out, w) end
-redis.call('DEL', KEYS[2])
-return out
-"""
-)
-
-# KEYS: job, running set, stats, heartbeat. ARGV: job id, the instance the sweep saw claim it.
-# running -> unknown when the claiming instance no longer holds the heartbeat; a running-set entry
-# whose job is no longer running (or gone) is dropped.
-LOSE_RUNNING = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'claimedBy', 'kind')
-if f[1] ~= 'running' then
-  redis.call('SREM', KEYS[2], ARGV[1])
-  return {'skip', f[1] or 'missing'}
-end
-if f[2] ~= ARGV[2] then return {'skip', 'reclaimed'} end
-if redis.call('HGET', KEYS[4], 'instance') == f[2] then return {'alive'} end
-redis.call('HSET', KEYS[1], 'state', 'unknown')
-redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[3], 'unknown', 1)
-return {'unknown', f[3] or ''}
-"""
+ALL = {
+    name: source
+    for name, source in globals().items()
+    if name.isupper() and name not in ("NOW", "RECORD") and isinstance(source, str)
+}

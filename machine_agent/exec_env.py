@@ -29,7 +29,7 @@ def main(args: list[str]) -> int:
     spec_path, stderr_path, argv = args[0], args[1], args[3:]
     # First, so that every later failure lands in the session's stderr log, where the agent looks.
     try:
-        fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as exc:
         return _fail(f"cannot open {stderr_path}: {exc.strerror}", BAD_SPEC)
     os.dup2(fd, 2)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 
+from core.machine_schemas import DirectoryRequest, DirectoryResult
 from core.schemas import (
     Envelope,
     JobKind,
@@ -25,6 +26,7 @@ from core.schemas import (
     StopResult,
 )
 from core.settings import Settings
+from machine_agent.directories import list_directory
 from machine_agent.journal import Entry, Event, Journal, now_ms
 from machine_agent.paths import check_paths, real_roots
 from machine_agent.recovery import outcome
@@ -38,6 +40,7 @@ INLINE_PATHS = 16
 _spawn_args = msgspec.json.Decoder(SpawnRequest)
 _paths_args = msgspec.json.Decoder(PathsRequest)
 _stop_args = msgspec.json.Decoder(StopRequest)
+_directory_args = msgspec.json.Decoder(DirectoryRequest)
 
 
 class Executor:
@@ -66,6 +69,7 @@ class Executor:
         self.instance = instance
         self.home = env.get("HOME") or os.path.expanduser("~")
         self.roots = real_roots(settings.roots, self.home)
+        self._starting = 0  # spawns between the session-limit check and their outcome
 
     async def run(self, job: Envelope) -> tuple[JobState, bytes]:
         try:
@@ -80,6 +84,8 @@ class Executor:
                     session_id = _stop_args.decode(job.args).session_id
                     stopped = await self.sessions.stop(session_id, self.settings.session_stop_grace_s, tmux=self.tmux)
                     return JobState.SUCCEEDED, _encoder.encode(StopResult(stopped=stopped))
+                case JobKind.DIRECTORY:
+                    return await self._directory(job)
         except msgspec.DecodeError as exc:
             # A hub newer or older than this agent sent arguments it cannot read.
             log.error("job %s: unreadable arguments: %s", job.job_id, exc)
@@ -97,6 +103,13 @@ class Executor:
             exists = await asyncio.to_thread(check_paths, request.paths, home=self.home, roots=self.roots)
         return JobState.SUCCEEDED, _encoder.encode(PathsResult(exists=exists))
 
+    async def _directory(self, job: Envelope) -> tuple[JobState, bytes]:
+        request = _directory_args.decode(job.args)
+        result = await asyncio.to_thread(
+            list_directory, request.path, hidden=request.hidden, home=self.home, roots=self.roots
+        )
+        return JobState.FAILED if result.code else JobState.SUCCEEDED, _encoder.encode(result)
+
     async def _spawn(self, job: Envelope) -> tuple[JobState, bytes]:
         request = _spawn_args.decode(job.args)
         earlier = self.journal.by_idempotency.get(job.idempotency) if job.idempotency else None
@@ -104,16 +117,40 @@ class Executor:
             # Redis forgot this Idempotency-Key (data loss), the journal did not: never start twice.
             result = outcome(earlier, self.session_running)
             return _state(result), _encoder.encode(result)
-        session_id = str(uuid.uuid4())
-        self._log(Event.INTENT, job, session_id=session_id)
-        failpoint(self.settings, "after_intent")
-        result = await self.spawner.spawn(
-            request, job_id=job.job_id, namespace=self.namespace, machine_id=self.machine_id, session_id=session_id
-        )
+        if (full := self._full()) is not None:
+            # Claimed, so it finishes: failed, with nothing started (journaled, so a restart says so too).
+            encoded = _encoder.encode(full)
+            self._log(Event.FINISHED, job, result=encoded)
+            return JobState.FAILED, encoded
+        # Counted from the check above (no await between) until the session is recorded or failed.
+        self._starting += 1
+        try:
+            session_id = str(uuid.uuid4())
+            self._log(Event.INTENT, job, session_id=session_id)
+            failpoint(self.settings, "after_intent")
+            result = await self.spawner.spawn(
+                request, job_id=job.job_id, namespace=self.namespace, machine_id=self.machine_id, session_id=session_id
+            )
+        finally:
+            self._starting -= 1
         failpoint(self.settings, "after_spawn")
         encoded = _encoder.encode(result)
         self._log(Event.FINISHED, job, session_id=session_id, result=encoded)
         return _state(result), encoded
+
+    def _full(self) -> SpawnResult | None:
+        """The machine_full refusal when the sessions running and starting reach max_sessions."""
+        limit = self.settings.max_sessions
+        if not limit:
+            return None
+        busy = len(self.sessions.running()) + self._starting
+        if busy < limit:
+            return None
+        return SpawnResult(
+            success=False,
+            code="machine_full",
+            error=f"the machine runs {busy} sessions, its limit (MACHINE_HUB_MAX_SESSIONS / --max-sessions {limit})",
+        )
 
     def _log(self, event: Event, job: Envelope, *, session_id: str = "", result: bytes | None = None) -> None:
         entry = Entry(
@@ -144,10 +181,12 @@ class Executor:
 
     @staticmethod
     def _failure(kind: JobKind, error: str, code: str) -> bytes:
-        failure: PathsResult | SessionsResult | StopResult | SpawnResult
+        failure: PathsResult | SessionsResult | StopResult | SpawnResult | DirectoryResult
         match kind:
             case JobKind.PATHS:
                 failure = PathsResult(error=error, code=code)
+            case JobKind.DIRECTORY:
+                failure = DirectoryResult(error=error, code=code)
             case JobKind.SESSIONS:
                 failure = SessionsResult(error=error, code=code)
             case JobKind.STOP:

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import IO
 
 from core.errors import RegistrationError
+from machine_agent.private_files import open_private, private_dir
 
 LOCK_FILE = "agent.lock"
 
 
 def hold(home: Path) -> IO[str]:
     """Take the lock for this process's lifetime (keep the returned file open)."""
-    home.mkdir(parents=True, exist_ok=True)
-    lock = (home / LOCK_FILE).open("a+")
+    private_dir(home)
+    lock = os.fdopen(open_private(home / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import msgspec
 
+from machine_agent.private_files import append_private, private_dir, write_private
+
 JOURNAL_FILE = "journal.jsonl"
 
 
@@ -61,10 +63,10 @@ class Journal:
         self.retention_ms = int(retention_s * 1000)
         self.jobs: dict[str, JobRecord] = {}
         self.by_idempotency: dict[str, JobRecord] = {}
-        home.mkdir(parents=True, exist_ok=True)
+        private_dir(home)
         self._load()
         self._compact()
-        self._file = self.path.open("ab")
+        self._file = append_private(self.path)
 
     def close(self) -> None:
         self._file.close()
@@ -109,7 +111,7 @@ class Journal:
         horizon = int(time.time() * 1000) - self.retention_ms
         keep = {j: r for j, r in self.jobs.items() if r.entries[-1].at_ms >= horizon or r.last is not Event.REPORTED}
         tmp = self.path.with_suffix(".tmp")
-        with tmp.open("wb") as out:
+        with write_private(tmp) as out:
             for record in keep.values():
                 for entry in record.entries:
                     out.write(_encoder.encode(entry) + b"\n")

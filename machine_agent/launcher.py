@@ -13,7 +13,6 @@ import fcntl
 import logging
 import os
 import pty
-import re
 import signal
 import struct
 import subprocess
@@ -22,67 +21,17 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
+
+from machine_agent.launches import OUTPUT_LOG, STDERR_LOG, Exited, Launched, log_tail
+from machine_agent.private_files import append_private, private_dir
 
 log = logging.getLogger(__name__)
 
-OUTPUT_LOG = "output.log"
-STDERR_LOG = "stderr.log"
-TAIL_LINES = 20
-TAIL_CHARS = 2000
 # Once the child is gone the pty reports EOF at once, unless a grandchild still holds it.
 DRAIN_GRACE_S = 0.5
 READ_SIZE = 65536
 WINDOW_ROWS, WINDOW_COLS = 24, 80
-_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
-
-
-@dataclass(frozen=True)
-class Launched:
-    """A session process that was still running when the settle time ran out."""
-
-    pid: int  # also its process group id: every session runs in its own process session
-    output_log: Path
-    stderr_log: Path
-
-
-@dataclass(frozen=True)
-class Exited:
-    """A session process that ended before the settle time; `returncode` as in subprocess."""
-
-    returncode: int
-    tail: str  # end of its stderr, or of its terminal output when stderr was empty
-
-    @property
-    def status(self) -> str:
-        if self.returncode < 0:
-            try:
-                name = signal.Signals(-self.returncode).name
-            except ValueError:
-                name = "unknown signal"
-            return f"signal {-self.returncode} ({name})"
-        return f"status {self.returncode}"
-
-
-class SessionLauncher(Protocol):
-    """What the spawner needs of a launcher: this module's pty `Launcher` or tmux's `TmuxLauncher`."""
-
-    @property
-    def name(self) -> str: ...  # "pty" or "tmux", as the machine's metadata reports it
-
-    async def launch(
-        self,
-        argv: Sequence[str],
-        *,
-        cwd: Path,
-        env: Mapping[str, str],
-        log_dir: Path,
-        settle_s: float,
-        executable: str | None = None,
-        session_id: str,
-    ) -> Launched | Exited: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -199,13 +148,13 @@ def _start(
     stderr_log: Path,
 ) -> _Session:
     loop = asyncio.get_running_loop()
-    output_log.parent.mkdir(parents=True, exist_ok=True)
-    output = output_log.open("ab", buffering=0)  # unbuffered: the log is read while the session runs
+    private_dir(output_log.parent)
+    output = append_private(output_log, buffering=0)  # unbuffered: the log is read while the session runs
     master, slave = pty.openpty()
     try:
         # A fresh pty is 0x0, which makes full-screen CLIs draw nothing or fail.
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", WINDOW_ROWS, WINDOW_COLS, 0, 0))
-        with stderr_log.open("ab") as stderr:
+        with append_private(stderr_log) as stderr:
             proc = subprocess.Popen(
                 list(argv),
                 executable=executable,
@@ -252,22 +201,3 @@ def _set_exited(session: _Session, code: int) -> None:
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def log_tail(stderr_log: Path, output_log: Path) -> str:
-    """What a session that ended printed last: its stderr, or else its terminal output."""
-    return _tail(stderr_log) or _tail(output_log, strip_ansi=True)
-
-
-def _tail(path: Path, *, strip_ansi: bool = False) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4 * TAIL_CHARS))
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    if strip_ansi:
-        text = _ANSI.sub("", text)
-    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    return "\n".join(lines[-TAIL_LINES:]).strip()[-TAIL_CHARS:]

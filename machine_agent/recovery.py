@@ -13,7 +13,7 @@ from collections.abc import Callable
 import msgspec
 
 from core.queue import JobQueue
-from core.schemas import JobKind, JobState, SpawnResult
+from core.schemas import JobState, SpawnResult
 from machine_agent.journal import Entry, Event, JobRecord, Journal, now_ms
 
 log = logging.getLogger(__name__)
@@ -50,17 +50,11 @@ async def recover(
     for record in journal.unfinished(instance):
         result = outcome(record, session_running)
         state = JobState.SUCCEEDED if result.success else JobState.FAILED
-        done = await queue.recover(
-            ns,
-            machine_id,
-            record.job_id,
-            record.instance,
-            instance,
-            state,
-            _encoder.encode(result),
-            kind=JobKind.SPAWN,
-            code=result.code or "",
-        )
+        encoded = _encoder.encode(result)
+        answer = await queue.recover(ns, machine_id, record.job_id, record.instance, instance, state, encoded)
+        if answer is not None:
+            await queue.reply(machine_id, record.job_id, state, encoded, answer)
+        done = answer is not None
         log.info(
             "job %s of instance %s: %s (%s)",
             record.job_id,

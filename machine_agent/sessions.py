@@ -18,6 +18,7 @@ from typing import Literal
 import msgspec
 
 from core.schemas import AgentName, Worktree
+from machine_agent.private_files import private_dir, write_private
 from machine_agent.tmux import TmuxLauncher
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,9 @@ class SessionStore:
             return []
 
     def _save(self, records: list[SessionRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         tmp = self.path.with_name(f".{SESSIONS_FILE}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
+        with write_private(tmp) as f:
             f.write(_encoder.encode(_File(sessions=records)))
             f.flush()
             os.fsync(f.fileno())

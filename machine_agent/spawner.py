@@ -16,7 +16,7 @@ from pathlib import Path
 from core.schemas import SpawnRequest, SpawnResult, Worktree
 from core.settings import Settings
 from machine_agent.commands import base_command, build_argv, resolve_executable
-from machine_agent.launcher import Exited, SessionLauncher
+from machine_agent.launches import Exited, SessionLauncher
 from machine_agent.paths import inside, real_roots, resolve
 from machine_agent.sessions import SessionRecord, SessionStore, process_start
 from machine_agent.worktrees import (
@@ -30,7 +30,14 @@ from machine_agent.worktrees import (
 )
 
 log = logging.getLogger(__name__)
-AGENT_SECRETS = frozenset({"REDIS_URL", "CLI_API_TOKEN"})
+# What the agent holds for itself: a session that had any of these could act as the agent.
+AGENT_PREFIXES = ("MACHINE_HUB_", "REDIS_")
+AGENT_SECRETS = frozenset({"CLI_API_TOKEN"})
+
+
+def session_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment less everything it holds for itself (settings and credentials)."""
+    return {k: v for k, v in env.items() if k not in AGENT_SECRETS and not k.startswith(AGENT_PREFIXES)}
 
 
 class SpawnFailure(Exception):
@@ -58,8 +65,7 @@ class Spawner:
         self._home = home
         self._launcher = launcher
         self._sessions = sessions
-        # Sessions get the agent's environment, less the secrets that let a process act as the agent.
-        self._env = {k: v for k, v in (os.environ if env is None else env).items() if k not in AGENT_SECRETS}
+        self._env = session_environment(os.environ if env is None else env)
         self._user_home = self._env.get("HOME") or os.path.expanduser("~")
         self._roots = real_roots(settings.roots, self._user_home)
 

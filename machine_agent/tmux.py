@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from machine_agent import exec_env
-from machine_agent.launcher import OUTPUT_LOG, STDERR_LOG, Exited, Launched, log_tail
+from machine_agent.launches import OUTPUT_LOG, STDERR_LOG, Exited, Launched, log_tail
+from machine_agent.private_files import append_private, private_dir
 
 DEFAULT_SOCKET = "machine-hub"
 TMUX_TIMEOUT_S = 10.0
@@ -92,6 +93,8 @@ class TmuxLauncher:
             raise ValueError(f"unusable tmux session name {session_id!r}")
         output_log, stderr_log = log_dir / OUTPUT_LOG, log_dir / STDERR_LOG
         spec = _write_spec(log_dir, env=env, cwd=cwd, executable=executable)
+        for log in (output_log, stderr_log):  # made 0600 here: the pane's `cat >>` keeps the mode
+            append_private(log).close()
         command = [sys.executable, "-I", exec_env.__file__, str(spec), str(stderr_log), "--", *argv]
         pipe = f"{shlex.quote(_CAT)} >> {shlex.quote(str(output_log))}"
         target = f"={session_id}:"
@@ -101,7 +104,7 @@ class TmuxLauncher:
             # `-c` (where windows a person opens start) and pipe-pane's command are expanded as
             # formats, hence `_format`.
             await self._run(
-                *("new-session", "-d", "-s", session_id, "-c", _format(str(cwd))),
+                *("new-session", "-d", "-s", session_id, "-c", _literal(_format(str(cwd)))),
                 *("--", *map(_literal, command), ";"),
                 *("set-option", "-w", "-t", target, "remain-on-exit", "on", ";"),
                 *("pipe-pane", "-t", target, _format(pipe)),
@@ -211,7 +214,7 @@ def _write_spec(log_dir: Path, *, env: Mapping[str, str], cwd: Path, executable:
     """The session's environment, cwd and program in a 0600 file that `exec_env` reads and deletes."""
     if not os.path.isdir(cwd):  # refused up front, as the pty launcher's Popen would
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(cwd))
-    log_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(log_dir)
     fd, name = tempfile.mkstemp(prefix=".session-env-", suffix=".json", dir=log_dir)  # mkstemp makes it 0600
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump({"env": dict(env), "cwd": str(cwd), "executable": executable}, f)
@@ -225,7 +228,9 @@ def _server_env(env: Mapping[str, str]) -> dict[str, str]:
     agent's secrets, so windows a person opens do not get them; nor the session's own variables,
     which would be stale there.
     """
-    keep = {k: v for k, v in env.items() if not k.startswith(("MACHINE_HUB_", "TMUX"))}
+    keep = {
+        k: v for k, v in env.items() if not k.startswith(("MACHINE_HUB_", "REDIS_", "TMUX")) and k != "CLI_API_TOKEN"
+    }
     # Every call must find the same socket directory, whatever the session's environment says.
     if tmpdir := os.environ.get("TMUX_TMPDIR"):
         keep["TMUX_TMPDIR"] = tmpdir

@@ -12,13 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import msgspec
 from redis.exceptions import RedisError
 
 from core.connections import request_client
 from core.keys import Keys
+from core.registry import decode_beat
 from core.settings import Settings
 from machine_agent.home_lock import holder
-from machine_agent.identity import ID_FILE
+from machine_agent.identity import ID_FILE, read_running
+from machine_agent.private_files import append_private, private_dir
 from machine_agent.sessions import SessionStore
 
 LOG_FILE = "agent.log"
@@ -40,9 +43,9 @@ def start(home: Path, agent_args: list[str]) -> None:
     running = holder(home)
     if running is not None:
         raise click.ClickException(f"an agent already runs with home {home} (pid {running})")
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     log = home / LOG_FILE
-    with log.open("ab") as out:
+    with append_private(log) as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "machine_hub", "agent", "--home", str(home), *agent_args],
             stdin=subprocess.DEVNULL,
@@ -70,8 +73,16 @@ def stop(home: Path) -> None:
 
 
 def status(settings: Settings, home: Path) -> bool:
-    """Print the agent's state; True when it runs and its heartbeat is live (a health check)."""
+    """Print the agent's state; True when it runs and its heartbeat is live (a health check).
+
+    A running agent says who it is in <home>/agent.json (its --machine-id and --namespace
+    included); without one running, the options, the environment and the id file say."""
     pid = holder(home)
+    running = read_running(home) if pid else None
+    if running is not None and running.pid == pid:
+        settings = msgspec.structs.replace(
+            settings, machine_id=running.machine_id, namespace=running.namespace, key_prefix=running.key_prefix
+        )
     id_file = home / ID_FILE
     machine_id = settings.machine_id or (id_file.read_text().strip() if id_file.exists() else "(none yet)")
     click.echo(f"agent:      {f'running (pid {pid})' if pid else 'not running'}")
@@ -88,16 +99,20 @@ def status(settings: Settings, home: Path) -> bool:
 
 async def _redis_status(settings: Settings, machine_id: str) -> tuple[bool, str]:
     redis = request_client(settings)
+    key = Keys(settings.key_prefix).heartbeat(settings.namespace, machine_id)
     try:
-        seen = await redis.hget(Keys(settings.key_prefix).heartbeat(settings.namespace, machine_id), "seenMs")
-        now_s, now_us = await redis.time()
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            raw, pttl = await pipe.execute()
     except RedisError as exc:
         return False, f"unreachable ({exc})"
     finally:
         await redis.aclose()
-    if seen is None:
+    beat = decode_beat(raw)
+    if beat is None or int(pttl) <= 0:
         return False, "reachable; no live heartbeat (the machine is offline)"
-    age_s = (now_s * 1000 + now_us // 1000 - int(seen)) / 1000
+    age_s = max(0, beat[1].ttl_ms - int(pttl)) / 1000
     return True, f"reachable; last heartbeat {age_s:.1f}s ago"
 
 

@@ -1,5 +1,5 @@
-"""A small HTTP client of a hub for the terminal views (stdlib only): JSON reads and the event
-stream, with every failure turned into one readable line."""
+"""A small HTTP client of a hub for the terminal commands (stdlib only): JSON requests and the
+event stream, with every failure turned into one readable line."""
 
 from __future__ import annotations
 
@@ -21,7 +21,18 @@ STREAM_TIMEOUT_S = 60.0  # the hub pings idle streams well within this; silence 
 
 
 class HubError(click.ClickException):
-    """A one-line failure talking to the hub (click prints `Error: <message>`, exit status 1)."""
+    """A one-line failure talking to the hub (click prints `Error: <message>`, exit status 1).
+
+    `status` and `body` are the hub's answer when it gave one (the body's JSON object, or {})."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+class RouteMissing(HubError):
+    """The hub has no such route (404 without a hub's JSON error, or 405): an older hub, or not one."""
 
 
 @dataclass
@@ -75,11 +86,23 @@ class HubClient:
         # No proxies from the environment: a hub URL means that host, and a token must not detour.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def _request(self, path: str, params: Mapping[str, object] | None, accept: str) -> urllib.request.Request:
+    def _request(
+        self,
+        path: str,
+        params: Mapping[str, object] | None,
+        accept: str,
+        *,
+        method: str = "GET",
+        body: object = None,
+    ) -> urllib.request.Request:
         query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v not in (None, "")})
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": accept, "User-Agent": "machine-hub-cli"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         return urllib.request.Request(
-            f"{self.url}{path}{'?' + query if query else ''}",
-            headers={"Authorization": f"Bearer {self.token}", "Accept": accept, "User-Agent": "machine-hub-cli"},
+            f"{self.url}{path}{'?' + query if query else ''}", data=data, headers=headers, method=method
         )
 
     def _open(self, request: urllib.request.Request, path: str, timeout_s: float) -> http.client.HTTPResponse:
@@ -99,37 +122,59 @@ class HubClient:
         return response
 
     def get(self, path: str, params: Mapping[str, object] | None = None) -> dict[str, Any]:
-        request = self._request(path, params, "application/json")
+        return self.call("GET", path, params=params)[1]
+
+    def post(self, path: str, body: object) -> tuple[int, dict[str, Any]]:
+        """The status (200, 202, ...) and JSON object of a POST; an error status raises HubError."""
+        return self.call("POST", path, body=body)
+
+    def call(
+        self, method: str, path: str, *, params: Mapping[str, object] | None = None, body: object = None
+    ) -> tuple[int, dict[str, Any]]:
+        request = self._request(path, params, "application/json", method=method, body=body)
         with self._open(request, path, self.timeout_s) as response:
+            status = response.status
             try:
                 raw = response.read()
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 raise HubError(f"the hub at {self.url} broke off its answer to {path}: {_reason(exc)}") from None
         try:
-            body = json.loads(raw)
+            answer = json.loads(raw)
         except ValueError:
             raise HubError(f"{self.url}{path} did not answer JSON; is --url a machine-hub hub?") from None
-        if not isinstance(body, dict):
+        if not isinstance(answer, dict):
             raise HubError(f"{self.url}{path} answered something other than a JSON object; check --url")
-        return body
+        return status, answer
 
     def _http_error(self, status: int, raw: bytes, path: str) -> HubError:
-        message = ""
-        with contextlib.suppress(ValueError, AttributeError):
-            message = str(json.loads(raw).get("error") or "")
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            loaded = json.loads(raw)
+            body = loaded if isinstance(loaded, dict) else {}
+        message = str(body.get("error") or "")
         if status == 401:
             why = message or "HTTP 401"
-            return HubError(f"the hub at {self.url} refused the token ({why}); pass --token or set MACHINE_HUB_TOKEN")
-        if status == 404 and not message:  # the hub's own 404s say what was not found, in JSON
-            return HubError(f"{self.url} has no {path} (HTTP 404); is --url a machine-hub hub, and recent enough?")
+            return HubError(
+                f"the hub at {self.url} refused the token ({why}); pass --token or set MACHINE_HUB_TOKEN",
+                status=status,
+                body=body,
+            )
+        if (status == 404 and not message) or status == 405:  # the hub's own 404s say what was not found
+            return RouteMissing(
+                f"{self.url} has no {path} (HTTP {status}); is --url a machine-hub hub, and recent enough?",
+                status=status,
+                body=body,
+            )
         if status == 503:
-            return HubError(f"the hub at {self.url} cannot serve now ({message or 'HTTP 503'})")
+            return HubError(
+                f"the hub at {self.url} cannot serve now ({message or 'HTTP 503'})", status=status, body=body
+            )
         detail = f": {message}" if message else ""
-        return HubError(f"the hub at {self.url} answered {path} with HTTP {status}{detail}")
+        return HubError(f"the hub at {self.url} answered {path} with HTTP {status}{detail}", status=status, body=body)
 
     def events(self, last_event_id: str | None = None) -> Iterator[Event]:
         """Follow /api/events until the stream ends or breaks (then the caller reconnects)."""
-        # The Authorization header, not `?token=` (that is for browsers, which cannot set headers).
+        # The Authorization header: hubs refuse a token in the URL (it would end up in logs).
         request = self._request("/api/events", None, "text/event-stream")
         if last_event_id:
             request.add_header("Last-Event-ID", last_event_id)

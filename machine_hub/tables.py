@@ -68,7 +68,7 @@ def machines_table(machines: Sequence[Mapping[str, Any]], now_ms: float | None =
         rows.append(
             [
                 str(m.get("id", "?")),
-                "online" if online else "offline",
+                ("online" if online else "offline") + (" (drained)" if m.get("drained") else ""),
                 str(meta.get("platform") or "-"),
                 str(meta.get("version") or "-"),
                 format_age(m.get("lastSeen"), now_ms),

@@ -21,10 +21,10 @@ from machine_hub.tables import jobs_table, machines_table, short_job_id
 
 DEFAULT_URL = "http://127.0.0.1:3006"
 JOB_STATES = ("queued", "running", "succeeded", "failed", "expired", "unknown")
-JOB_KINDS = ("spawn", "paths", "sessions", "stop")
+JOB_KINDS = ("spawn", "paths", "sessions", "stop", "directory")
 
 
-def _hub_options(fn: Callable[..., None]) -> Callable[..., None]:
+def hub_options(fn: Callable[..., None]) -> Callable[..., None]:
     fn = click.option(
         "--token",
         envvar="MACHINE_HUB_TOKEN",
@@ -44,7 +44,7 @@ def _hub_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 @click.command("machines")
 @click.option("--all", "show_all", is_flag=True, help="Also list machines that are offline.")
-@_hub_options
+@hub_options
 def machines(show_all: bool, url: str, token: str | None) -> None:
     """List the machines of your namespace: state, platform, version, last seen, queue."""
     client = HubClient(url, resolve_token(token))
@@ -64,7 +64,7 @@ def machines(show_all: bool, url: str, token: str | None) -> None:
 @click.option("--kind", type=click.Choice(JOB_KINDS), help="Only jobs of this kind.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many jobs.")
 @click.option("--watch", is_flag=True, help="Follow the hub's events and print the list again on every change.")
-@_hub_options
+@hub_options
 def jobs(
     machine_id: str | None,
     state: str | None,

@@ -1,9 +1,11 @@
 """Run the background worker, or check that one is alive: the whole interface to arq.
 
-`run(settings)` blocks until SIGTERM or SIGINT: it stops taking jobs, lets a running sweep finish
-(up to STOP_GRACE_S), removes its health key and returns. When Redis fails under it, it starts
-over after a pause, as the agent does. `check(settings)` is the container health check: 0 while
-some worker refreshed the queue's health key within `worker_health_check_interval_s` (+1 s).
+`run(settings)` blocks until SIGTERM or SIGINT: it stops taking jobs, lets a running sweep or
+delivery finish (up to STOP_GRACE_S), removes its health key and returns. Beside arq's two Workers
+(sweeps; webhook deliveries) it runs two listeners: heartbeat notifications and the webhook feed.
+When Redis fails under it, it starts over after a pause, as the agent does. `check(settings)` is
+the container health check: 0 while some worker refreshed the queue's health key within
+`worker_health_check_interval_s` (+1 s).
 """
 
 from __future__ import annotations
@@ -15,12 +17,26 @@ import signal
 import time
 
 import uvloop
+from arq.connections import ArqRedis
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
-from core.connections import request_client
+from core.connections import REDIS_FAILURES, Backoff, blocking_client, request_client
+from core.keys import Keys
+from core.notifications import follow_heartbeats
+from core.outages import OutageGrace
 from core.settings import Settings
-from worker.settings import health_check_key, redis_pool, worker_settings
+from core.sweeps import Sweeper
+from core.webhook_feed import WebhookFeed
+from worker import tasks
+from worker.settings import (
+    arq_settings,
+    deliveries_worker_settings,
+    delivery_queue,
+    health_check_key,
+    redis_pool,
+    worker_settings,
+)
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
@@ -29,6 +45,7 @@ STOP_GRACE_S = 10.0
 def run(settings: Settings) -> None:
     """Run the worker in the foreground until SIGTERM or SIGINT."""
     worker_settings(settings)  # a bad interval fails here, before anything starts
+    deliveries_worker_settings(settings)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(settings))
 
@@ -39,7 +56,7 @@ def check(settings: Settings) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    redis = request_client(settings)
+    redis = request_client(arq_settings(settings))
     try:
         health = await redis.get(health_check_key(settings))
     except (RedisError, OSError) as exc:
@@ -61,44 +78,78 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    backoff = 0.1
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            await _run_once(settings, stop)
-        except (RedisError, OSError) as exc:
-            log.warning("worker lost Redis (%s); starting over", exc)
-        if time.monotonic() - started > 10:
-            backoff = 0.1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), backoff)
-        backoff = min(backoff * 2, settings.reconnect_max_s)
+    listener_redis = request_client(settings)
+    feed_blocking = blocking_client(settings)
+    feed_queue = redis_pool(settings)
+    grace = OutageGrace(settings.heartbeat_ttl_s)  # outlives arq's restarts below
+    sweeper = Sweeper(listener_redis, Keys(settings.key_prefix), settings, grace)
+    feed = WebhookFeed(settings, listener_redis, feed_blocking, delivery_queue(feed_queue, settings))
+    listeners = [
+        asyncio.create_task(follow_heartbeats(settings, sweeper, stop), name="heartbeat-notifications"),
+        asyncio.create_task(feed.run(stop), name="webhook-feed"),
+    ]
+    backoff = Backoff(settings.reconnect_max_s, base_s=0.1)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await _run_once(settings, stop, grace)
+            except REDIS_FAILURES as exc:
+                grace.failed()
+                log.warning("worker lost Redis (%s); starting over", exc)
+            if time.monotonic() - started > 10:
+                backoff.reset()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff.next())
+    finally:
+        stop.set()
+        await asyncio.gather(*listeners)
+        for client in (listener_redis, feed_blocking, feed_queue):
+            await client.aclose()
     log.info("worker stopped")
 
 
-async def _run_once(settings: Settings, stop: asyncio.Event) -> None:
-    pool = redis_pool(settings)
-    worker = Worker(**worker_settings(settings), redis_pool=pool, handle_signals=False)
-    main = asyncio.create_task(worker.async_run())
+async def _run_once(settings: Settings, stop: asyncio.Event, grace: OutageGrace) -> None:
+    """The sweeps' arq Worker and the deliveries' one, until `stop` or until one of them fails."""
+    workers = [
+        (Worker(**options, redis_pool=pool, handle_signals=False), pool)
+        for options, pool in (
+            (worker_settings(settings, grace), redis_pool(settings)),
+            (deliveries_worker_settings(settings), redis_pool(settings)),
+        )
+    ]
+    mains = [asyncio.create_task(worker.async_run()) for worker, _ in workers]
     stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait([main, stopping], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*mains, stopping], return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
-            worker.allow_pick_jobs = False
-            running = [t for t in worker.tasks.values() if not t.done()]
+            for worker, _ in workers:
+                worker.allow_pick_jobs = False
+            running = [t for worker, _ in workers for t in worker.tasks.values() if not t.done()]
             if running:
                 await asyncio.wait(running, timeout=STOP_GRACE_S)
     finally:
         stopping.cancel()
-        try:
-            await worker.close()  # cancels what still runs, deletes the health key, closes the pool
-        except (RedisError, OSError) as exc:
-            log.warning("worker did not close cleanly: %s", exc)
-            deps = worker.ctx.pop("deps", None)  # arq skips on_shutdown when Redis failed first
-            if deps is not None:
+        for worker, pool in workers:
+            await _close(worker, pool)
+        for main in mains:
+            if not main.done():
+                main.cancel()
+        for main in mains:
+            with contextlib.suppress(asyncio.CancelledError):
+                await main  # re-raises what ended a worker, if not a stop
+
+
+async def _close(worker: Worker, pool: ArqRedis) -> None:
+    try:
+        await worker.close()  # cancels what still runs, deletes the health key, closes the pool
+    except (RedisError, OSError) as exc:
+        log.warning("worker did not close cleanly: %s", exc)
+        # arq skips on_shutdown when Redis failed first: close what it would have.
+        for name in ("deps", "delivery_deps"):
+            deps = worker.ctx.pop(name, None)
+            if isinstance(deps, tasks.Deps):
                 await deps.redis.aclose()
-            await pool.aclose()
-        if not main.done():
-            main.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await main  # re-raises what ended the worker, if not a stop
+            elif isinstance(deps, tasks.DeliveryDeps):
+                await deps.aclose()
+        await pool.aclose()

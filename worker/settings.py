@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
-from redis.asyncio import ConnectionPool
+from arq.worker import func
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from core.connections import TimedConnection
+from core.connections import request_client
+from core.deliveries import Delivery, max_attempts
 from core.errors import SettingsError
+from core.outages import OutageGrace
 from core.settings import Settings
 from worker import tasks
 
 KEEP_CRON_RESULT_S = 300
 JOB_TIMEOUT_S = 120
+DELIVER = "deliver_webhook"
+# arq counts a try that a dying worker left unfinished as well; these many such are allowed.
+CRASH_TRIES = 3
+DELIVERY_TIMEOUT_MARGIN_S = 10.0  # beyond webhook_timeout_s: the attempt's own Redis reads and writes
 
 
 def queue_name(settings: Settings) -> str:
@@ -36,6 +44,12 @@ def queue_name(settings: Settings) -> str:
 
 def health_check_key(settings: Settings) -> str:
     return f"{queue_name(settings)}:health-check"
+
+
+def deliveries_queue_name(settings: Settings) -> str:
+    """Webhook deliveries have a queue (and arq Worker) of their own, so that receivers that are
+    slow or down never hold up the sweeps."""
+    return f"{queue_name(settings)}:webhooks"
 
 
 def schedule(interval_s: float, name: str = "interval") -> dict[str, Any]:
@@ -79,7 +93,7 @@ def deserialize(data: bytes) -> Any:
 
 def redis_settings(settings: Settings) -> RedisSettings:
     """For arq's own tools (e.g. `arq --check`); the worker itself uses `redis_pool`."""
-    base = RedisSettings.from_dsn(settings.redis_url)
+    base = RedisSettings.from_dsn(arq_settings(settings).redis_url)
     return dataclasses.replace(
         base,
         conn_timeout=settings.redis_connect_timeout_s,
@@ -90,10 +104,26 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 class _ArqRedis(ArqRedis):  # type: ignore[misc]  # arq is untyped for mypy here
-    """arq closes its client with redis-py's deprecated close(); route that to aclose()."""
+    """arq's client on core's connection pool; closing it closes that pool's owner too."""
 
-    async def close(self, close_connection_pool: bool | None = None) -> None:
+    owner: Redis | None = None
+
+    async def close(self, close_connection_pool: bool | None = None) -> None:  # arq's name for it
         await self.aclose(close_connection_pool)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.owner is not None:
+            await self.owner.aclose()  # the pool, and with Sentinel the sentinels' connections
+
+
+def arq_settings(settings: Settings) -> Settings:
+    """The settings of arq's Redis: WORKER_REDIS_URL when set (a plain Redis: arq's keys carry
+    no hash tag, so it cannot run on a Cluster), else REDIS_URL as configured (Sentinel too)."""
+    if not settings.worker_redis_url:
+        return settings
+    plain = {"redis_sentinels": (), "redis_cluster": False}
+    return msgspec.structs.replace(settings, redis_url=settings.worker_redis_url, **plain)
 
 
 def redis_pool(settings: Settings) -> ArqRedis:
@@ -101,30 +131,23 @@ def redis_pool(settings: Settings) -> ArqRedis:
 
     (arq's RedisSettings has no read timeout, so a stalled Redis would hang a worker forever.)
     """
-    options: dict[str, Any] = {
-        "socket_connect_timeout": settings.redis_connect_timeout_s,
-        "socket_timeout": settings.redis_socket_timeout_s,
-        "retry": Retry(NoBackoff(), 0),
-        "retry_on_timeout": False,
-    }
-    if settings.redis_url.startswith("redis://"):
-        options["connection_class"] = TimedConnection
-    pool = ConnectionPool.from_url(settings.redis_url, **options)
+    owner = request_client(arq_settings(settings))
     client = _ArqRedis(
-        pool,
+        owner.connection_pool,
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=queue_name(settings),
     )
-    client.auto_close_connection_pool = True  # the pool is this client's alone
+    client.owner = owner
     return client
 
 
-def worker_settings(settings: Settings) -> dict[str, Any]:
+def worker_settings(settings: Settings, grace: OutageGrace | None = None) -> dict[str, Any]:
     """Keyword arguments of arq's Worker (also usable as `arq`'s WorkerSettings mapping)."""
+    shared_grace = grace or OutageGrace(settings.heartbeat_ttl_s)
 
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["deps"] = tasks.Deps.create(settings)
+        ctx["deps"] = tasks.Deps.create(settings, shared_grace)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         deps = ctx.pop("deps", None)
@@ -158,3 +181,61 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         "timezone": datetime.UTC,
         "log_results": False,
     }
+
+
+def deliveries_worker_settings(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of the arq Worker that runs webhook deliveries (core.deliveries)."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["delivery_deps"] = tasks.DeliveryDeps.create(settings)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        deps = ctx.pop("delivery_deps", None)
+        if deps is not None:
+            await deps.aclose()
+
+    name = deliveries_queue_name(settings)
+    deliver = func(
+        tasks.deliver,
+        name=DELIVER,
+        max_tries=max_attempts(settings) + CRASH_TRIES,
+        timeout=settings.webhook_timeout_s + DELIVERY_TIMEOUT_MARGIN_S,
+        # The queue drops a delivery id it still knows: a reader that reads an event again (after
+        # a restart midway) queues nothing twice while the result is kept.
+        keep_result=settings.webhook_retry_window_s,
+    )
+    return {
+        "functions": [deliver],
+        "queue_name": name,
+        "health_check_key": f"{name}:health-check",
+        "health_check_interval": settings.worker_health_check_interval_s,
+        "redis_settings": redis_settings(settings),
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "max_jobs": settings.webhook_max_in_flight,
+        "retry_jobs": True,  # arq's Retry is how the next attempt is scheduled
+        "keep_result": settings.webhook_retry_window_s,
+        "timezone": datetime.UTC,
+        "log_results": False,
+    }
+
+
+def delivery_queue(pool: ArqRedis, settings: Settings) -> Callable[[Delivery], Awaitable[bool]]:
+    """The webhook feed's way onto the deliveries queue: the delivery id is the job id, so the same
+    delivery is queued once; it expires when no attempt could start any more."""
+    name = deliveries_queue_name(settings)
+    expires_s = settings.webhook_retry_window_s + settings.webhook_retry_max_s
+
+    async def enqueue(delivery: Delivery) -> bool:
+        job = await pool.enqueue_job(
+            DELIVER,
+            msgspec.to_builtins(delivery),
+            _job_id=f"{settings.key_prefix}:webhook:{delivery.id}",
+            _queue_name=name,
+            _expires=expires_s,
+        )
+        return job is not None
+
+    return enqueue

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: one redis-server and two hubs per test module, agents per test."""
+"""End-to-end fixtures: one redis-server, two hubs and a worker per test module, agents per test."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from machine_hub.redis_server import RedisServer
-from tests.e2e.harness import Stack, fast_settings
+from tests.e2e.harness import Stack, acl_redis_server, fast_settings
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    server = acl_redis_server(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.kill()
 
@@ -22,6 +22,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("stack"), redis_server, fast_settings(redis_server.url))
     stack.hubs = [stack.start_hub(), stack.start_hub()]
+    stack.start_worker()  # as every deployment runs one: machine states, events, lost jobs
     yield stack
     stack.close()
 

@@ -117,6 +117,8 @@ def test_redis_stalled_during_a_spawn_launches_once(stack: Stack, machine_id: st
     stall.join()
     staller.close()
     assert first.status_code in (200, 503), first.text
+    # The stall outlived the heartbeat: a retry is definite only once the agent beats again.
+    stack.wait_online("default", machine_id)
 
     def settled() -> dict[str, Any] | None:
         r = post_spawn(stack, 1, machine_id, body, **{"Idempotency-Key": key})
@@ -128,6 +130,35 @@ def test_redis_stalled_during_a_spawn_launches_once(stack: Stack, machine_id: st
     launches = launches_in(stack, tmp_path)
     assert len(launches) == 1
     assert launches[0]["env"]["MACHINE_HUB_SESSION_ID"] == answer["sessionId"]
+
+
+def test_a_report_redis_stalled_on_is_sent_again_and_answers_the_caller(
+    stack: Stack, machine_id: str, tmp_path: Path
+) -> None:
+    # The session settles for 2 s, and Redis stalls from its start until after the agent's report
+    # timed out (as a failover would cut it). This hub waits a minute for the claim and the job and
+    # asks Redis nothing meanwhile, so the caller hears the result in time only if the agent sent
+    # its report again (not when the hub reads the record at its deadline).
+    hub = stack.start_hub(MACHINE_HUB_SPAWN_CLAIM_TIMEOUT_S="60", MACHINE_HUB_SPAWN_TIMEOUT_S="60")
+    stack.start_agent(machine_id, MACHINE_HUB_SPAWN_SETTLE_S="2")
+    staller = redis.Redis.from_url(stack.settings.redis_url, socket_timeout=10)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(
+            httpx2.post,
+            f"{hub.url}/api/machines/{machine_id}/spawn",
+            headers=stack.auth(),
+            json={"directory": str(tmp_path)},
+            timeout=20,
+        )
+        wait_until(lambda: launches_in(stack, tmp_path), 10, "the session to start")
+        staller.execute_command("DEBUG", "SLEEP", "4")
+        response = answer.result()
+    staller.close()
+    body = response.json()
+    assert response.status_code == 200 and body["success"] is True, body
+    assert get_job(stack, 1, body["jobId"]).json()["state"] == "succeeded"
+    assert len(launches_in(stack, tmp_path)) == 1
+    hub.stop()
 
 
 def test_hub_killed_while_waiting_the_job_completes_and_another_hub_shows_it(
@@ -228,7 +259,7 @@ def test_journal_prevents_a_second_launch_when_redis_forgot_the_key(
     first = post_spawn(stack, 0, machine_id, {"directory": str(tmp_path)}, **key).json()
     assert first["success"] is True
     # Redis loses this namespace's memory of the key (as a failover or a restart without AOF would).
-    for idem in stack.redis.scan_iter(f"{stack.keys.prefix}:ns:default:m:{{default:{machine_id}}}:idem:*"):
+    for idem in stack.redis.scan_iter(stack.keys.idempotency("default", machine_id, "*")):
         stack.redis.delete(idem)
     again = post_spawn(stack, 1, machine_id, {"directory": str(tmp_path)}, **key).json()
     assert again["jobId"] != first["jobId"], "Redis no longer knew the key, so a new job was queued"

@@ -43,7 +43,8 @@ def test_issued_token_grants_its_namespace_until_revoked(stack: Stack, machine_i
     listed = cli(stack, "token", "list", "--namespace", "team")
     token_id = listed.stdout.split()[0]
     assert re.fullmatch(r"[0-9a-f]{12}", token_id)
-    stored = stack.redis.get(stack.keys.token(hashlib.sha256(token.encode()).hexdigest()))
+    assert token.endswith(".team")
+    stored = stack.redis.hget(stack.keys.tokens("team"), hashlib.sha256(token.encode()).hexdigest())
     assert stored is not None and token.encode() not in stored
     assert cli(stack, "token", "revoke", "--namespace", "team", token_id).returncode == 0
     r = httpx2.get(f"{stack.hubs[1].url}/api/machines", headers=bearer)
@@ -66,11 +67,20 @@ def test_namespaces_are_isolated(stack: Stack, machine_id: str, tmp_path: Path) 
         assert r.json() == {"exists": {"/": True}}
 
 
-def test_machine_id_in_another_namespace_refuses_to_start(stack: Stack, machine_id: str) -> None:
+def test_a_machine_id_belongs_to_one_namespace(stack: Stack, machine_id: str) -> None:
     stack.start_agent(machine_id, "team")
-    agent = stack.start_agent(machine_id, "other", wait=False)
-    assert agent.popen.wait(20) == 1
-    assert f"machine id '{machine_id}' is registered in namespace 'team', not 'other'" in agent.log_text()
+    again = cli(stack, "machine", "add", "--namespace", "other", "--machine-id", machine_id)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert f"machine id '{machine_id}' belongs to another namespace" in again.stderr
+    # The team machine's own URL does not work for another namespace either.
+    home = stack.tmp / "agents" / f"other-{machine_id}"
+    agent = stack._spawn(
+        "agent-other",
+        ["agent", "--namespace", "other", "--machine-id", machine_id, "--home", str(home), "--exit-if-removed"],
+        stack.env(REDIS_URL=stack.machine_url("team", machine_id)),
+    )
+    assert agent.popen.wait(20) == 3
+    assert "Redis refused this agent's access to machine" in agent.log_text()
     assert "Traceback" not in agent.log_text()
 
 

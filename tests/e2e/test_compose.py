@@ -22,23 +22,17 @@ from typing import Any
 
 import httpx2
 import pytest
-import yaml
+import redis as redis_client
 
 from api.server import GRACEFUL_SHUTDOWN_S
 from core.settings import Settings
 from machine_hub.redis_server import RedisServer, free_port
+from tests.e2e.compose_local import ROOT, SERVICES, LocalCompose
 from tests.e2e.dns import ServiceDns
 from tests.e2e.harness import Process, load_fake_cli, wait_until
 
-ROOT = Path(__file__).parent.parent.parent
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SERVICES: dict[str, Any] = COMPOSE["services"]
 HUB_STOP_S = GRACEFUL_SHUTDOWN_S + Settings().shutdown_drain_s  # the longest a hub takes to stop
-
-
-def expand(text: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR:-default} substitution."""
-    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m.group(1)) or m.group(2) or "", text)
+ONE_SHOT = ("init", "setup")
 
 
 def seconds(value: str) -> float:
@@ -47,11 +41,14 @@ def seconds(value: str) -> float:
 
 def test_every_service_is_complete() -> None:
     readme = (ROOT / "README.md").read_text()
+    compose_text = (ROOT / "docker-compose.yml").read_text()
     for name, service in SERVICES.items():
-        assert "healthcheck" in service, f"{name} has no healthcheck"
+        one_shot = name in ONE_SHOT or "tools" in service.get("profiles", [])
+        assert one_shot or "healthcheck" in service, f"{name} has no healthcheck"
         assert service.get("image") or service.get("build"), f"{name} has no image"
-        for dependency in service.get("depends_on", {}).values():
-            assert dependency == {"condition": "service_healthy"}, name
+        for dep, dependency in service.get("depends_on", {}).items():
+            wanted = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            assert dependency == {"condition": wanted}, (name, dep)
     for name in ("hub", "worker", "agent"):
         command = SERVICES[name]["command"]
         assert (
@@ -71,13 +68,33 @@ def test_every_service_is_complete() -> None:
             ), f"{name}: healthcheck {health} is not a command"
     assert SERVICES["hub"]["deploy"]["replicas"] >= 2
     redis_command = SERVICES["redis"]["command"]
-    for option in ("--appendonly yes", "--appendfsync everysec", "--requirepass", "--maxmemory-policy noeviction"):
+    for option in (
+        "--appendonly yes",
+        "--appendfsync everysec",
+        "--aclfile",
+        "--tls-port 6380",
+        "--notify-keyspace-events",
+    ):
         assert option in redis_command
+    assert "--maxmemory-policy noeviction" in redis_command
+    # No password anywhere in the file: every one is made at first start.
+    assert "requirepass" not in compose_text and "PASSWORD" not in compose_text
+    # Each service holds its own URL only: the admin URL's volume is mounted by setup and admin alone.
+    holders = {n for n, s in SERVICES.items() for v in s.get("volumes", []) if v.split(":")[0] == "admin"}
+    assert holders == {"init", "setup", "admin"}
     for variable in set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text())):
         assert f"`{variable}`" in readme, f"{variable} is not documented in the README"
     caddyfile = (ROOT / "deploy" / "Caddyfile").read_text()
     assert "dynamic a" in caddyfile and "flush_interval -1" in caddyfile and "health_uri /readyz" in caddyfile
-    assert "lb_retry_match" not in caddyfile, "the proxy must never retry a request a hub received"
+    for limit in ("read_header 10s", "read_body 10s", "max_header_size", "max_size 4MiB", "keepalive 4s"):
+        assert limit in caddyfile, f"the proxy sets no {limit}"
+    assert not re.search(r"^\s*write\s", caddyfile, re.M), "a write timeout would cut event streams"
+    assert Settings().keep_alive_timeout_s > 4, "the proxy must drop idle upstream connections before a hub does"
+    directives = [
+        line.split()[0] for line in caddyfile.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
+    # Caddy 2.6 resends a retried request without its body, and buffer_requests mixes up bodies.
+    assert not {"lb_retry_match"} & set(directives)
     assert (ROOT / "deploy" / "Dockerfile").read_text().count("FROM ") == 2
 
 
@@ -91,6 +108,7 @@ class Topology:
     hubs: dict[str, Process] = field(default_factory=dict)
     others: list[Process] = field(default_factory=list)
     token: str = ""
+    compose: LocalCompose = field(init=False)
 
     def run(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
         log = self.tmp / f"{name}.log"
@@ -106,7 +124,7 @@ class Topology:
         return Process(name, popen, log)
 
     def add_hub(self, address: str) -> Process:
-        command = [address if part == "0.0.0.0" else part for part in SERVICES["hub"]["command"]]
+        command = [address if part == "0.0.0.0" else part for part in self.compose.command("hub")]
         hub = self.run(f"hub-{address}", command)
         hub.url = f"http://{address}:3006"
         wait_until(lambda: _ok(f"{hub.url}/readyz"), 20, f"hub {address}")
@@ -154,49 +172,48 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     tmp = tmp_path_factory.mktemp("compose")
     bin_dir = tmp / "bin"
     load_fake_cli().install(bin_dir)
-    workspace = tmp / "workspace"
-    workspace.mkdir()
-    port = free_port()
-    defaults: dict[str, str] = {}
-    redis_args = expand(SERVICES["redis"]["command"], defaults).split()[1:]
-    redis = RedisServer(tmp / "redis", port=port, args=tuple(redis_args)).start()
-    common = {k: expand(str(v), defaults) for k, v in SERVICES["hub"]["environment"].items()}
-    common["REDIS_URL"] = common["REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MACHINE_HUB_") and k != "CLI_API_TOKEN"}
-    env.update(
-        common,
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MACHINE_HUB_") and k != "CLI_API_TOKEN"}
+    base.update(
         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         FAKE_CLI_LOG=str(tmp / "cli.jsonl"),
         FAKE_CLI_LIFETIME="60",
         HOME=str(tmp),
         MACHINE_HUB_KEY_PREFIX="compose",
-        MACHINE_HUB_TMUX_SOCKET=f"mh-compose-{port}",
         MACHINE_HUB_SWEEP_INTERVAL_S="1",
+        # The load tests spawn far faster than a person would, all with one token.
+        MACHINE_HUB_SPAWNS_PER_MINUTE_NAMESPACE="0",
+        MACHINE_HUB_SPAWNS_PER_MINUTE_TOKEN="0",
     )
+    compose = LocalCompose(tmp, base)
+    base["MACHINE_HUB_TMUX_SOCKET"] = f"mh-compose-{compose.port}"
+    compose.run_once("init")
+    redis = RedisServer(compose.volume("redis-data"), port=compose.port, args=compose.redis_args()).start()
     with ServiceDns("hub.test") as dns:
-        top = Topology(tmp, env, redis, dns)
+        top = Topology(tmp, compose.env("hub"), redis, dns)
+        top.compose = compose
         try:
+            compose.run_once("setup")
             for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
                 top.add_hub(address)
-            top.others.append(top.run("worker", SERVICES["worker"]["command"]))
-            agent = [str(workspace) if part == "/home/hub/workspace" else part for part in SERVICES["agent"]["command"]]
-            top.others.append(top.run("agent", agent))
+            top.others.append(top.run("worker", compose.command("worker"), compose.env("worker")))
+            top.others.append(top.run("agent", compose.command("agent"), compose.env("agent")))
             top.proxy_url = _start_caddy(top)
             created = subprocess.run(
                 [sys.executable, "-m", "machine_hub", "token", "create", "--namespace", "default"],
-                env=env,
+                env=compose.env("tokens"),
                 capture_output=True,
                 text=True,
                 check=True,
             )
             top.token = created.stdout.strip()
+            workspace = compose.volume("workspace")
             wait_until(lambda: top.check(workspace).status_code == 200, 30, "the demo agent behind the proxy")
             yield top
         finally:
             for process in [*top.hubs.values(), *top.others]:
                 process.kill()
             subprocess.run(
-                ["tmux", "-L", env["MACHINE_HUB_TMUX_SOCKET"], "kill-server"], capture_output=True, check=False
+                ["tmux", "-L", base["MACHINE_HUB_TMUX_SOCKET"], "kill-server"], capture_output=True, check=False
             )
             redis.kill()
 
@@ -209,7 +226,8 @@ def _start_caddy(top: Topology) -> str:
     local = caddyfile.replace(":3006 {", f"http://127.0.0.1:{port} {{", 1)
     local = local.replace("dynamic a {", f"dynamic a {{\n\t\t\tresolvers udp/127.0.0.1:{top.dns.port}", 1)
     local = local.replace("refresh 5s", "refresh 1s")
-    local = "{\n\tadmin off\n\tauto_https off\n\tskip_install_trust\n}\n" + local
+    assert caddyfile.startswith("#") and "\n{\n" in caddyfile  # the global options block comes first
+    local = local.replace("\n{\n", "\n{\n\tadmin off\n\tauto_https off\n\tskip_install_trust\n", 1)
     config = top.tmp / "Caddyfile"
     config.write_text(local)
     log = top.tmp / "caddy.log"
@@ -234,18 +252,19 @@ def test_requests_through_the_proxy_reach_every_hub(topology: Topology) -> None:
     assert all(after[a] > before[a] for a in before), (before, after)
 
 
-def _stream(topology: Topology, seconds_: float, interrupt: Any, workers: int = 4) -> list[tuple[str, int, Path]]:
-    """Path checks and spawns (each in a directory of its own) from `workers` threads for
-    `seconds_`; `interrupt` runs once, after the first 20 answers."""
+def _stream(topology: Topology, interrupt: Any, after: int = 30, workers: int = 4) -> list[tuple[str, int, Path]]:
+    """Path checks and spawns (each in a directory of its own) from `workers` threads; `interrupt`
+    runs once, after the first 20 answers, and the stream ends `after` answers later (counted,
+    not timed: this box is shared)."""
     outcomes: list[tuple[str, int, Path]] = []
     lock = threading.Lock()
-    deadline = time.monotonic() + seconds_
+    done = threading.Event()
 
     def worker(n: int) -> None:
         i = 0
-        while time.monotonic() < deadline:
+        while not done.is_set():
             i += 1
-            directory = topology.tmp / "workspace" / f"w{n}-{i}-{time.monotonic_ns()}"
+            directory = topology.compose.volume("workspace") / f"w{n}-{i}-{time.monotonic_ns()}"
             kind = "spawn" if i % 5 == 0 else "paths"
             try:
                 status = (topology.spawn(directory) if kind == "spawn" else topology.check(topology.tmp)).status_code
@@ -256,8 +275,12 @@ def _stream(topology: Topology, seconds_: float, interrupt: Any, workers: int = 
 
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(worker, n) for n in range(workers)]
-        wait_until(lambda: len(outcomes) >= 20, seconds_, "the first answers")
-        interrupt()
+        try:
+            wait_until(lambda: len(outcomes) >= 20, 60, "the first answers")
+            interrupt()
+            wait_until(lambda: len(outcomes) >= 20 + after, 60, f"{after} answers after the interruption")
+        finally:
+            done.set()
         for future in futures:
             future.result()
     return outcomes
@@ -275,12 +298,11 @@ def _launched(topology: Topology) -> dict[str, int]:
 
 def test_a_killed_hub_loses_only_its_requests_in_flight_and_no_spawn_runs_twice(topology: Topology) -> None:
     victim = topology.hubs["127.0.0.3"]
-    outcomes = _stream(topology, 4.5, victim.kill)
+    outcomes = _stream(topology, victim.kill)
     failed = [o for o in outcomes if o[1] != 200]
     # Each of the 4 workers may have had a request on the killed hub, and may send one more there
     # before the proxy has seen it fail (Caddy 2.6 cannot resend a request body elsewhere).
     assert len(failed) <= 8, f"only requests sent to the killed hub may fail: {failed}\n{topology.logs()}"
-    assert len(outcomes) > 40
     launched = _launched(topology)
     spawned = [d for kind, status, d in outcomes if kind == "spawn" and status == 200]
     assert spawned and all(launched.get(str(d), 0) == 1 for d in spawned)
@@ -357,7 +379,7 @@ def test_through_the_proxy_a_stopping_hub_never_leaves_a_request_unanswered(topo
         20,
         "the proxy to use the new hub",
     )
-    outcomes = _stream(topology, 6, lambda: leaving.signal(signal.SIGTERM))
+    outcomes = _stream(topology, lambda: leaving.signal(signal.SIGTERM))
     assert not [o for o in outcomes if o[1] == 0], "the proxy always answers"
     failed = [o for o in outcomes if o[1] != 200]
     assert all(status == 502 for _kind, status, _d in failed) and len(failed) <= 4, failed
@@ -369,8 +391,9 @@ def test_event_streams_pass_through_the_proxy_unbuffered(topology: Topology) -> 
     seen: list[str] = []
 
     def listen() -> None:
-        url = f"{topology.proxy_url}/api/events?token={topology.token}"
-        with httpx2.stream("GET", url, timeout=httpx2.Timeout(20, read=20)) as response:
+        url = f"{topology.proxy_url}/api/events"
+        auth = {"Authorization": f"Bearer {topology.token}"}
+        with httpx2.stream("GET", url, headers=auth, timeout=httpx2.Timeout(20, read=20)) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             for line in response.iter_lines():
                 seen.append(line)
@@ -379,10 +402,27 @@ def test_event_streams_pass_through_the_proxy_unbuffered(topology: Topology) -> 
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    # Path checks until one's event arrives: each is an event the proxy must pass on at once.
+    # Spawns until one's event arrives: each ends with an event the proxy must pass on at once.
+    workspace = topology.compose.volume("workspace")
     wait_until(
-        lambda: topology.check(topology.tmp).status_code == 200 and "event: job" in seen,
+        lambda: topology.spawn(workspace / f"e-{time.monotonic_ns()}").status_code == 200 and "event: job" in seen,
         15,
         "a job event through the proxy",
     )
     listener.join(5)
+
+
+def test_every_service_has_its_own_user_and_the_agent_talks_tls(topology: Topology) -> None:
+    admin_url = (topology.compose.volume("admin") / "redis.url").read_text().strip()
+    admin = redis_client.Redis.from_url(admin_url, socket_timeout=5)
+    try:
+        clients = [dict(c) for c in admin.client_list()]
+    finally:
+        admin.close()
+    users = {c["user"] for c in clients}
+    assert {"compose~hub", "compose~worker", "compose~default~compose-demo"} <= users
+    agent_ports = {c["laddr"].rsplit(":", 1)[1] for c in clients if c["user"] == "compose~default~compose-demo"}
+    assert agent_ports == {str(topology.compose.tls_port)}
+    # The one user with rights to manage users is the admin; no service's URL is the admin's.
+    for volume in ("hub-secret", "worker-secret", "tokens-secret", "agent-secret"):
+        assert "default:" not in (topology.compose.volume(volume) / "redis.url").read_text()

@@ -14,25 +14,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
+from tests.e2e.browser import DOCS, LIVE_S, MAX_SCREENSHOT_BYTES, card, job_row, launch, sign_in, watch
 from tests.e2e.harness import SECRET, Stack, wait_until
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
-MAX_SCREENSHOT_BYTES = 300 * 1024
-LIVE_S = 15_000  # ms: how long the page may take to show what a live event announced
+SCREENSHOT = DOCS / "dashboard.png"
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +34,7 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    browser = launch(playwright)
     yield browser
     browser.close()
 
@@ -52,36 +42,11 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 860}, color_scheme="light")
-    page = context.new_page()
-    page.set_default_timeout(LIVE_S)
     errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: _console(msg, errors))
+    page = watch(context, errors)
     yield page
     context.close()
     assert not errors, f"the page threw: {errors}"
-
-
-def _console(message: ConsoleMessage, errors: list[str]) -> None:
-    # Failed requests (a refused token, a stopped hub) are logged by the browser itself; only our
-    # own script's errors count.
-    if message.type == "error" and "Failed to load resource" not in message.text and "EventSource" not in message.text:
-        errors.append(message.text)
-
-
-def sign_in(page: Page, url: str, token: str = SECRET) -> None:
-    page.goto(f"{url}/dashboard")
-    expect(page.locator("#login")).to_be_visible()
-    page.fill("#token-input", token)
-    page.click("#token-form button[type=submit]")
-
-
-def card(page: Page, machine_id: str) -> Any:
-    return page.locator(f'article.machine[data-machine-id="{machine_id}"]')
-
-
-def job_row(page: Page, job_id: str) -> Any:
-    return page.locator(f'#jobs tbody tr[data-job-id="{job_id}"]')
 
 
 def test_the_page_and_its_assets_need_no_token(stack: Stack) -> None:
@@ -89,6 +54,11 @@ def test_the_page_and_its_assets_need_no_token(stack: Stack) -> None:
     expected = {
         "/dashboard": "text/html",
         "/dashboard/static/dashboard.js": "text/javascript",
+        "/dashboard/static/common.js": "text/javascript",
+        "/dashboard/static/machines.js": "text/javascript",
+        "/dashboard/static/jobs.js": "text/javascript",
+        "/dashboard/static/spawn.js": "text/javascript",
+        "/dashboard/static/folders.js": "text/javascript",
         "/dashboard/static/dashboard.css": "text/css",
         "/dashboard/static/favicon.svg": "image/svg+xml",
     }
@@ -112,10 +82,12 @@ def test_dashboard_follows_machines_and_jobs_live(stack: Stack, page: Page, mach
 def run_the_story(stack: Stack, page: Page, api: httpx2.Client, url: str, machine_id: str, tmp_path: Path) -> None:
 
     # A wrong token: a clear message and the form again.
+    requests: list[Any] = []
+    page.on("request", lambda request: requests.append(request))
     sign_in(page, url, "not-a-token")
     expect(page.locator("#login-error")).to_contain_text("refused this token")
     expect(page.locator("#login")).to_be_visible()
-    assert page.evaluate("localStorage.getItem('machine-hub.token')") is None
+    assert page.evaluate("sessionStorage.getItem('machine-hub.token')") is None
 
     # The right one: the (empty) board, with the live stream connected.
     page.fill("#token-input", SECRET)
@@ -123,6 +95,12 @@ def run_the_story(stack: Stack, page: Page, api: httpx2.Client, url: str, machin
     expect(page.locator("#board")).to_be_visible()
     expect(page.locator("#live")).to_have_attribute("data-state", "on")
     page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
+    # The token travels in the Authorization header only, the event stream included, and is kept
+    # for this tab only.
+    stream = [r for r in requests if urlsplit(r.url).path == "/api/events"]
+    assert stream and stream[-1].headers.get("authorization") == f"Bearer {SECRET}"
+    assert page.evaluate("sessionStorage.getItem('machine-hub.token')") == SECRET
+    assert page.evaluate("localStorage.getItem('machine-hub.token')") is None
 
     # A machine comes online: its machine event makes the page re-fetch the list.
     agent = stack.start_agent(machine_id)
@@ -133,9 +111,9 @@ def run_the_story(stack: Stack, page: Page, api: httpx2.Client, url: str, machin
     expect(machine.locator("[data-role=sessions]")).to_have_text("0")
 
     # Jobs run: each appears with its state and latency, without a reload.
-    for _ in range(3):
-        r = api.post(f"/api/machines/{machine_id}/paths/exists", json={"paths": [str(tmp_path), "/nope"]})
-        assert r.status_code == 200, r.text
+    for i in range(3):
+        r = api.post(f"/api/machines/{machine_id}/spawn", json={"directory": str(tmp_path / f"s{i}")})
+        assert r.json()["success"] is True, r.text
     spawned = api.post(f"/api/machines/{machine_id}/spawn", json={"directory": str(tmp_path), "agent": "claude"})
     assert spawned.json()["success"] is True, spawned.text
     (tmp_path / "file.txt").write_text("x")
@@ -149,8 +127,8 @@ def run_the_story(stack: Stack, page: Page, api: httpx2.Client, url: str, machin
     expect(row).to_contain_text("spawn")
     expect(row.locator(".badge")).to_have_text("succeeded")
     expect(row).to_contain_text(re.compile(r"\d+(\.\d+)? (ms|s)"))
-    expect(page.locator("#jobs tbody tr", has_text="paths")).to_have_count(3)
-    expect(machine.locator("[data-role=sessions]")).to_have_text("1")
+    expect(page.locator("#jobs tbody tr", has_text="spawn")).to_have_count(5)
+    expect(machine.locator("[data-role=sessions]")).to_have_text("4")
     expect(page.locator("#chart rect")).not_to_have_count(0)
 
     if failed.json()["success"] is False:
@@ -159,11 +137,11 @@ def run_the_story(stack: Stack, page: Page, api: httpx2.Client, url: str, machin
         expect(failed_row.locator("td.err")).not_to_be_empty()
 
     # Filters: by state, then back to all.
-    page.select_option("#filter-kind", "spawn")
-    expect(page.locator("#jobs tbody tr", has_text="paths")).to_have_count(0)
-    expect(row).to_be_visible()
+    page.select_option("#filter-kind", "stop")
+    expect(page.locator("#jobs tbody tr", has_text="spawn")).to_have_count(0)
     page.select_option("#filter-kind", "")
-    expect(page.locator("#jobs tbody tr", has_text="paths")).to_have_count(3)
+    expect(page.locator("#jobs tbody tr", has_text="spawn")).to_have_count(5)
+    expect(row).to_be_visible()
     expect(page.locator("#filter-machine option", has_text=machine_id)).to_have_count(1)
 
     # The README's screenshot is refreshed only when asked for, so a test run leaves the tree alone.
@@ -178,11 +156,12 @@ def run_the_story(stack: Stack, page: Page, api: httpx2.Client, url: str, machin
     expect(machine).to_have_attribute("data-online", "false")
 
     assert page.evaluate("window.__sameDocument") is True
+    assert not [r.url for r in requests if SECRET in r.url], "a token appeared in a URL"
 
     # Forget: the token is gone and the form is back.
     page.click("#forget")
     expect(page.locator("#login")).to_be_visible()
-    assert page.evaluate("localStorage.getItem('machine-hub.token')") is None
+    assert page.evaluate("sessionStorage.getItem('machine-hub.token')") is None
 
 
 def test_token_is_remembered_and_a_lost_hub_shows_a_banner(stack: Stack, page: Page) -> None:
@@ -233,7 +212,7 @@ def test_terminal_commands_against_a_real_hub(stack: Stack, machine_id: str, tmp
     seen: list[str] = []
 
     def row(line: str) -> bool:
-        return line.split()[1:4] == ["paths", machine_id, "succeeded"]
+        return line.split()[1:4] == ["spawn", machine_id, "succeeded"]
 
     def saw(text: str) -> bool:
         while not lines.empty():
@@ -243,10 +222,10 @@ def test_terminal_commands_against_a_real_hub(stack: Stack, machine_id: str, tmp
     try:
         wait_until(lambda: saw("watching"), 20, "jobs --watch to start")
         r = httpx2.post(
-            f"{url}/api/machines/{machine_id}/paths/exists", headers=stack.auth(), json={"paths": [str(tmp_path)]}
+            f"{url}/api/machines/{machine_id}/spawn", headers=stack.auth(), json={"directory": str(tmp_path)}
         )
-        assert r.status_code == 200, r.text
-        wait_until(lambda: saw(f"paths on {machine_id}: succeeded"), 20, "the job event in jobs --watch")
+        assert r.json()["success"] is True, r.text
+        wait_until(lambda: saw(f"spawn on {machine_id}: succeeded"), 20, "the job event in jobs --watch")
         wait_until(lambda: saw("") and any(row(line) for line in seen), 20, "the job row in jobs --watch")
     finally:
         watch.terminate()
@@ -260,9 +239,9 @@ def test_terminal_commands_against_a_real_hub(stack: Stack, machine_id: str, tmp
     assert header.split()[:3] == ["ID", "STATE", "PLATFORM"]
     assert any(row.split()[:3] == [machine_id, "online", "linux"] for row in rows), listed.stdout
 
-    jobs = cli_run(stack, env, "jobs", "--machine", machine_id, "--kind", "paths")
+    jobs = cli_run(stack, env, "jobs", "--machine", machine_id, "--kind", "spawn")
     assert jobs.returncode == 0, jobs.stderr
-    assert jobs.stdout.splitlines()[1].split()[1:4] == ["paths", machine_id, "succeeded"], jobs.stdout
+    assert jobs.stdout.splitlines()[1].split()[1:4] == ["spawn", machine_id, "succeeded"], jobs.stdout
 
     agent.stop()
     offline = cli_run(stack, env, "machines", "--all")

@@ -25,7 +25,8 @@ def _all_routes(stack: Stack, hub_url: str, machine_id: str, tmp_path: Path) -> 
 
 def test_redis_down_is_503_at_once_and_everything_recovers(stack: Stack, machine_id: str, tmp_path: Path) -> None:
     stack.start_agent(machine_id)
-    port = stack.redis_server.port
+    stack.start_worker()
+    port, args = stack.redis_server.port, stack.redis_server.args
     stack.redis_server.kill()
 
     for hub in stack.hubs:
@@ -36,8 +37,9 @@ def test_redis_down_is_503_at_once_and_everything_recovers(stack: Stack, machine
         missing = httpx2.get(f"{hub.url}/api/machines", timeout=10)
         assert missing.status_code == 401, "401 comes before 503"
 
-    # A restart without persistence: Redis lost every key, the agent must register again by itself.
-    stack.redis_server = RedisServer(stack.redis_server.folder, port=port).start()
+    # A restart without data persistence: Redis lost every key but kept its ACL file (the users).
+    # The agent beats again by itself, and the worker restores the registration Redis lost.
+    stack.redis_server = RedisServer(stack.redis_server.folder, port=port, args=args).start()
     stack.wait_online("default", machine_id)
 
     def listed_everywhere() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -139,6 +140,22 @@ def test_spawn_creates_a_missing_directory(stack: Stack, machine_id: str, tmp_pa
     assert answer["success"] is True and answer["directoryCreated"] is True
     assert target.is_dir()
     assert stack.launched(answer["sessionId"])["cwd"] == str(target)
+
+
+def test_a_jobs_view_shows_its_arguments_but_never_the_prompt(stack: Stack, machine_id: str, tmp_path: Path) -> None:
+    stack.start_agent(machine_id)
+    hub, prompt = stack.hubs[0].url, "Fix the login test, and keep it short."
+    body = {"directory": str(tmp_path), "agent": "codex", "model": "o3", "prompt": prompt}
+    spawned = httpx2.post(f"{hub}/api/machines/{machine_id}/spawn", headers=stack.auth(), json=body, timeout=10).json()
+    assert spawned["success"] is True, spawned
+    args = httpx2.get(f"{hub}/api/jobs/{spawned['jobId']}", headers=stack.auth()).json()["args"]
+    assert (args["directory"], args["agent"], args["model"], args.get("prompt")) == (str(tmp_path), "codex", "o3", None)
+    assert args["promptBytes"] == len(prompt.encode())
+    assert args["promptSha256"] == hashlib.sha256(prompt.encode()).hexdigest()
+    session = spawned["sessionId"]
+    stopped = httpx2.post(f"{hub}/api/machines/{machine_id}/sessions/{session}/stop", headers=stack.auth(), timeout=30)
+    stop_job = httpx2.get(f"{hub}/api/jobs/{stopped.json()['jobId']}", headers=stack.auth()).json()
+    assert (stop_job["kind"], stop_job["args"]) == ("stop", {"sessionId": session})
 
 
 def test_spawn_reports_a_cli_that_exits_at_once(stack: Stack, machine_id: str, tmp_path: Path) -> None:

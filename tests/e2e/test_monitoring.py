@@ -2,76 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx2
 
 from machine_hub.redis_server import RedisServer
+from tests.e2e.event_stream import EventStream, about, data, events
 from tests.e2e.harness import SECRET, Process, Stack, wait_until
-
-
-class EventStream:
-    """An open GET /api/events, read event by event; every read is bounded by the client's timeout."""
-
-    def __init__(self, response: httpx2.Response) -> None:
-        self.response = response
-        self.lines = response.iter_lines()
-        self.seen: list[dict[str, Any]] = []
-
-    def next(self) -> dict[str, Any]:
-        event: dict[str, Any] = {}
-        for line in self.lines:
-            if line == "":
-                if "data" in event:
-                    self.seen.append(event)
-                    return event
-                event = {}
-            elif line.startswith(":"):
-                continue  # keep-alive
-            else:
-                name, _, value = line.partition(":")
-                event[name] = value[1:] if value.startswith(" ") else value
-        raise AssertionError("the event stream ended")
-
-    def until(self, done: Callable[[dict[str, Any]], bool], timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        got = []
-        while time.monotonic() < deadline:
-            event = self.next()
-            got.append(event)
-            if done(event):
-                return got
-        raise AssertionError(f"no matching event within {timeout_s}s; got {got}")
-
-
-@contextmanager
-def events(url: str, headers: dict[str, str] | None = None) -> Iterator[EventStream]:
-    with (
-        httpx2.Client(timeout=httpx2.Timeout(10.0)) as client,
-        client.stream("GET", f"{url}/api/events", headers=headers or {}) as response,
-    ):
-        assert response.status_code == 200, response.read()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        yield EventStream(response)
-
-
-def data(event: dict[str, Any]) -> dict[str, Any]:
-    decoded: dict[str, Any] = json.loads(event["data"])
-    return decoded
-
-
-def about(machine_id: str, **fields: str) -> Callable[[dict[str, Any]], bool]:
-    def check(event: dict[str, Any]) -> bool:
-        d = data(event)
-        return d.get("machineId") == machine_id and all(d.get(k) == v for k, v in fields.items())
-
-    return check
 
 
 def check_paths(stack: Stack, hub: Process, machine_id: str, path: str) -> None:
@@ -81,20 +22,32 @@ def check_paths(stack: Stack, hub: Process, machine_id: str, path: str) -> None:
     assert r.status_code == 200, r.text
 
 
+def spawn(stack: Stack, hub: Process, machine_id: str, directory: Path) -> dict[str, Any]:
+    r = httpx2.post(
+        f"{hub.url}/api/machines/{machine_id}/spawn",
+        headers=stack.auth(),
+        json={"directory": str(directory)},
+        timeout=10,
+    )
+    body: dict[str, Any] = r.json()
+    assert r.status_code == 200 and body["success"] is True, r.text
+    return body
+
+
 def test_events_resume_without_gaps_and_stay_in_their_namespace(stack: Stack, machine_id: str, tmp_path: Path) -> None:
     hub0, hub1 = stack.hubs
     team_machine = f"{machine_id}-team"
     with events(hub0.url, stack.auth()) as first:
         stack.start_agent(machine_id)
-        check_paths(stack, hub0, machine_id, str(tmp_path))
-        check_paths(stack, hub1, machine_id, "/nope")
         seen = first.until(about(machine_id, type="machine", state="online"))
-        seen += first.until(about(machine_id, type="job", kind="paths", state="succeeded"))
-        seen += first.until(about(machine_id, type="job", kind="paths", state="succeeded"))
+        spawn(stack, hub0, machine_id, tmp_path / "a")
+        spawn(stack, hub1, machine_id, tmp_path / "b")
+        seen += first.until(about(machine_id, type="job", kind="spawn", state="succeeded"))
+        seen += first.until(about(machine_id, type="job", kind="spawn", state="succeeded"))
         assert all(e["event"] in ("machine", "job") for e in seen)
         assert seen[-1]["event"] == "job" and data(seen[-1])["type"] == "job"
     # Disconnected: one more job happens meanwhile.
-    check_paths(stack, hub1, machine_id, "/tmp")
+    spawn(stack, hub1, machine_id, tmp_path / "c")
     resume_from = seen[0]["id"]
     with events(hub1.url, {**stack.auth(), "Last-Event-ID": resume_from}) as again:
         replay = again.until(lambda e: e["id"] == seen[-1]["id"])
@@ -102,16 +55,19 @@ def test_events_resume_without_gaps_and_stay_in_their_namespace(stack: Stack, ma
         assert [e["data"] for e in replay] == [e["data"] for e in seen[1:]]
         missed = again.until(about(machine_id, type="job", state="succeeded"))
         assert missed[-1]["id"] > seen[-1]["id"]
-    # The same through the query parameters EventSource users need.
-    url = f"{hub0.url}/api/events?token={SECRET}&lastEventId={resume_from}"
-    with httpx2.Client(timeout=10) as c, c.stream("GET", url) as r:
+    # The same through the query parameter, for clients that cannot set Last-Event-ID.
+    url = f"{hub0.url}/api/events?lastEventId={resume_from}"
+    with httpx2.Client(timeout=10) as c, c.stream("GET", url, headers=stack.auth()) as r:
         stream = EventStream(r)
         assert stream.next()["id"] == seen[1]["id"]
+    # A token in the URL is refused, never read.
+    refused = httpx2.get(f"{hub0.url}/api/events?token={SECRET}", timeout=10)
+    assert refused.status_code == 400 and "Authorization" in refused.json()["detail"]
     # A team token sees only the team's events.
     with events(hub0.url, stack.auth("team")) as team, events(hub1.url, stack.auth()) as default:
         stack.start_agent(team_machine, "team")
         got = team.until(about(team_machine, type="machine", state="online"))
-        check_paths(stack, hub0, machine_id, "/")
+        spawn(stack, hub0, machine_id, tmp_path / "d")
         theirs = default.until(about(machine_id, type="job", state="succeeded"))
     assert all(data(e)["machineId"] != machine_id for e in got)
     assert all(data(e)["machineId"] != team_machine for e in theirs)
@@ -144,32 +100,38 @@ def test_include_offline_after_the_agent_stops(stack: Stack, machine_id: str) ->
 def test_job_listing_pages_and_filters(stack: Stack, machine_id: str, tmp_path: Path) -> None:
     stack.start_agent(machine_id)
     hub0, hub1 = stack.hubs
-    for path in ("/", "/tmp", "/nope"):
-        check_paths(stack, hub0, machine_id, path)
-    r = httpx2.post(
-        f"{hub0.url}/api/machines/{machine_id}/spawn",
+    check_paths(stack, hub0, machine_id, "/")  # answered, never recorded as a job
+    failed = httpx2.post(
+        f"{hub0.url}/api/machines/{machine_id}/spawn", headers=stack.auth(), json={"directory": "/etc/passwd"}
+    ).json()
+    assert failed["code"] == "not_a_directory"
+    spawns = [spawn(stack, hub0, machine_id, tmp_path / str(i))["jobId"] for i in range(3)]
+    stopped = httpx2.post(
+        f"{hub1.url}/api/machines/{machine_id}/sessions/{spawn(stack, hub1, machine_id, tmp_path)['sessionId']}/stop",
         headers=stack.auth(),
-        json={"directory": str(tmp_path)},
-        timeout=10,
-    )
-    assert r.json()["success"] is True, r.text
-    spawn_job = r.json()["jobId"]
+    ).json()
+    assert stopped["stopped"] is True
     base = f"{hub1.url}/api/jobs?machineId={machine_id}"
     page1 = httpx2.get(f"{base}&limit=3", headers=stack.auth()).json()
-    assert [j["kind"] for j in page1["jobs"]] == ["spawn", "paths", "paths"]
-    assert page1["jobs"][0]["id"] == spawn_job and page1["nextCursor"]
+    assert [j["kind"] for j in page1["jobs"]] == ["stop", "spawn", "spawn"]
+    assert page1["jobs"][0]["id"] == stopped["jobId"] and page1["nextCursor"]
     created = [j["createdAt"] for j in page1["jobs"]]
     assert created == sorted(created, reverse=True)
     page2 = httpx2.get(f"{base}&limit=3&cursor={page1['nextCursor']}", headers=stack.auth()).json()
-    assert [j["kind"] for j in page2["jobs"]] == ["paths"] and page2["nextCursor"] is None
-    spawns = httpx2.get(f"{base}&kind=spawn&state=succeeded", headers=stack.auth()).json()["jobs"]
-    assert [j["id"] for j in spawns] == [spawn_job]
-    assert spawns[0]["latencyMs"] == spawns[0]["finishedAt"] - spawns[0]["createdAt"] >= 0
-    assert spawns[0]["result"]["success"] is True and spawns[0]["error"] is None
-    assert len(httpx2.get(f"{base}&kind=paths", headers=stack.auth()).json()["jobs"]) == 3
-    assert httpx2.get(f"{base}&state=failed", headers=stack.auth()).json()["jobs"] == []
+    assert [j["kind"] for j in page2["jobs"]] == ["spawn", "spawn", "spawn"] and page2["nextCursor"] is None
+    assert page2["jobs"][-1]["id"] == failed["jobId"]
+    ok = httpx2.get(f"{base}&kind=spawn&state=succeeded&limit=3", headers=stack.auth()).json()["jobs"]
+    assert [j["id"] for j in ok][1:] == spawns[::-1][:2]
+    assert ok[1]["latencyMs"] == ok[1]["finishedAt"] - ok[1]["createdAt"] >= 0
+    assert ok[1]["result"]["success"] is True and ok[1]["error"] is None
+    bad = httpx2.get(f"{base}&state=failed", headers=stack.auth()).json()["jobs"]
+    assert [(j["id"], j["code"]) for j in bad] == [(failed["jobId"], "not_a_directory")]
+    unrecorded = httpx2.get(f"{base}&kind=paths", headers=stack.auth())  # path checks are not recorded
+    assert (
+        unrecorded.status_code == 400 and unrecorded.json()["detail"] == "kind must be one of spawn, stop - at `kind`"
+    )
     everything = httpx2.get(f"{hub0.url}/api/jobs?limit=200", headers=stack.auth()).json()["jobs"]
-    assert spawn_job in [j["id"] for j in everything]
+    assert set(spawns) <= {j["id"] for j in everything}
     assert httpx2.get(base, headers=stack.auth("team")).status_code == 403
     assert httpx2.get(f"{hub0.url}/api/jobs?machineId=nobody-here", headers=stack.auth()).status_code == 404
     assert httpx2.get(f"{base}&limit=500", headers=stack.auth()).status_code == 400
@@ -205,8 +167,13 @@ def test_metrics_after_a_known_sequence(stack: Stack, machine_id: str, tmp_path:
         )
         == 3
     )
-    assert metric(text, 'machine_hub_machines_online{namespace="default"}') >= 1
-    assert metric(text, 'machine_hub_jobs_finished_total{namespace="default",state="succeeded"}') >= 4
+    assert metric(text, 'machine_hub_jobs_finished_total{state="succeeded"}') >= 1
+
+    def counted_online() -> str | None:
+        text = httpx2.get(f"{hub.url}/metrics").text
+        return text if metric(text, "machine_hub_machines_online") >= 1 else None
+
+    text = wait_until(counted_online, 10, "the worker to count the machine online")
     assert metric(text, "machine_hub_fleet_up") == 1
     # The fleet gauges come from Redis, so every hub reports them alike.
     fleet = [
@@ -214,6 +181,31 @@ def test_metrics_after_a_known_sequence(stack: Stack, machine_id: str, tmp_path:
         for h in (hub, stack.hubs[0])
     ]
     assert fleet[0] == fleet[1]
+
+
+def test_a_scrape_reads_no_keyspace_however_many_keys_redis_holds(stack: Stack) -> None:
+    filler = f"unrelated-{uuid.uuid4().hex[:6]}"
+    for start in range(0, 100_000, 10_000):
+        stack.redis.mset({f"{filler}:{i}": b"x" for i in range(start, start + 10_000)})
+    try:
+
+        def calls() -> dict[str, int]:
+            return {name: int(row["calls"]) for name, row in stack.redis.info("commandstats").items()}
+
+        before = calls()
+        for _ in range(5):
+            assert metric(httpx2.get(f"{stack.hubs[0].url}/metrics").text, "machine_hub_fleet_up") == 1
+        after = calls()
+        walks = [
+            c for c in after if c.split("|")[0] in ("cmdstat_scan", "cmdstat_keys", "cmdstat_hscan", "cmdstat_sscan")
+        ]
+        assert all(after[c] == before.get(c, 0) for c in walks), {c: after[c] for c in walks}
+        assert (
+            after.get("cmdstat_hgetall", 0) - before.get("cmdstat_hgetall", 0) <= 5
+        )  # the counters, at most once a scrape
+    finally:
+        for start in range(0, 100_000, 10_000):
+            stack.redis.unlink(*(f"{filler}:{i}" for i in range(start, start + 10_000)))
 
 
 def test_an_open_stream_does_not_hold_up_shutdown(stack: Stack) -> None:
@@ -235,7 +227,7 @@ def test_readyz_follows_redis_and_livez_does_not(stack: Stack) -> None:
     hub = stack.hubs[0]
     assert httpx2.get(f"{hub.url}/livez").status_code == 200
     assert httpx2.get(f"{hub.url}/readyz").status_code == 200
-    port = stack.redis_server.port
+    port, args = stack.redis_server.port, stack.redis_server.args
     stack.redis_server.kill()
     try:
         wait_until(lambda: httpx2.get(f"{hub.url}/readyz", timeout=5).status_code == 503, 10, "readyz 503")
@@ -243,5 +235,5 @@ def test_readyz_follows_redis_and_livez_does_not(stack: Stack) -> None:
         assert httpx2.get(f"{hub.url}/readyz").json()["ready"] is False
         assert "machine_hub_fleet_up 0.0" in httpx2.get(f"{hub.url}/metrics", timeout=10).text
     finally:
-        stack.redis_server = RedisServer(stack.redis_server.folder, port=port).start()
+        stack.redis_server = RedisServer(stack.redis_server.folder, port=port, args=args).start()
     wait_until(lambda: httpx2.get(f"{hub.url}/readyz", timeout=5).status_code == 200, 10, "readyz 200 again")

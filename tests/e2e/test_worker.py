@@ -30,14 +30,14 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         spawn_timeout_s=40.0,
     )
     stack = Stack(tmp_path_factory.mktemp("stack"), redis_server, settings)
-    stack.hubs = [stack.start_hub()]
+    stack.hubs = [stack.start_hub()]  # and no worker: the tests start two of their own
     yield stack
     stack.close()
 
 
 @pytest.fixture(scope="module")
 def workers(stack: Stack) -> list[Process]:
-    started = [stack._spawn(f"worker-{i}", ["worker", "--log-level", "info"], stack.env()) for i in range(2)]
+    started = [stack.start_worker(f"worker-{i}") for i in range(2)]
     health = f"{stack.settings.key_prefix}:worker:health-check"
 
     def up() -> bool:
@@ -65,7 +65,7 @@ def _sweeps_done(stack: Stack) -> int:
 
 
 def _state(stack: Stack, machine_id: str) -> str | None:
-    value = stack.redis.hget(stack.keys.info("default", machine_id), "state")
+    value = stack.redis.hget(stack.keys.reg("default", machine_id), "state")
     return value.decode() if value is not None else None
 
 
@@ -119,10 +119,9 @@ def test_a_spawn_for_a_paused_agent_fails_as_soon_as_the_machine_is_offline(
         assert body["code"] == "machine_offline"
         assert body["error"] == f"Machine {machine_id} went offline"  # the sweep's answer, not enqueue's
         assert took < stack.settings.spawn_claim_timeout_s / 2
-        record = stack.redis.hgetall(stack.keys.job("default", machine_id, body["jobId"]))
-        assert record[b"state"] == b"failed"
-        assert msgspec.json.decode(record[b"result"])["code"] == "machine_offline"
-        assert stack.redis.hget(stack.keys.stats("default", machine_id), "failed") == b"1"
+        record = msgspec.json.decode(stack.redis.get(stack.keys.job("default", machine_id, body["jobId"])))
+        assert record["state"] == "failed"
+        assert msgspec.json.decode(record["result"])["code"] == "machine_offline"
         assert _state(stack, machine_id) == "offline"
     finally:
         agent.kill()  # SIGKILL ends a stopped process too

@@ -6,7 +6,8 @@ isolated by key prefix, never by flushing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TypeVar
 from uuid import uuid4
 
 import pytest
@@ -16,6 +17,8 @@ from core.connections import blocking_client, request_client
 from core.keys import Keys
 from core.settings import Settings
 from machine_hub.redis_server import RedisServer
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +56,12 @@ async def blocking(settings: Settings) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+async def commands_during(redis: Redis, action: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    """`action`'s result and the number of commands Redis ran meanwhile (this test's alone: the
+    tests of one session run one after another). A script counts once, whatever it calls."""
+    before = int((await redis.info("stats"))["total_commands_processed"])
+    result = await action()
+    after = int((await redis.info("stats"))["total_commands_processed"])
+    return result, after - before - 1  # the first INFO is counted by the second

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from machine_agent.launcher import Exited, Launched, SessionLauncher
+from machine_agent.launches import Exited, Launched, SessionLauncher
 from machine_agent.sessions import SessionRecord, SessionStore, is_running, process_start
 from machine_agent.tmux import TmuxLauncher
 from tests.waiting import cli_records, eventually

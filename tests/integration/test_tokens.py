@@ -58,12 +58,39 @@ async def test_redis_stores_only_the_sha256_of_a_token(store: TokenStore, redis:
     stored = await _stored_bytes(redis, keys)
 
     assert stored, "the token must be stored somewhere under the prefix"
-    secret_part = new.token.removeprefix(TOKEN_PREFIX).encode()
+    secret_part = new.token.removeprefix(TOKEN_PREFIX).partition(".")[0].encode()
     for item in stored:
         assert new.token.encode() not in item
         assert secret_part not in item
-    assert keys.token(sha).encode() in stored
+    assert keys.tokens(NS).encode() in stored and sha.encode() in stored
     assert new.record.id == sha[:12]
+
+
+async def test_what_works_is_exactly_what_is_listed_however_the_hash_was_touched(
+    store: TokenStore, redis: Redis, keys: Keys
+) -> None:
+    good, other = await store.create(NS), await store.create(OTHER_NS)
+    # Hand-made entries: a record under another namespace's hash, a forged id, junk.
+    forged = f"{TOKEN_PREFIX}forged.{NS}"
+    await redis.hset(keys.tokens(NS), hashlib.sha256(other.token.encode()).hexdigest(), b"x")
+    await redis.hset(
+        keys.tokens(NS),
+        hashlib.sha256(forged.encode()).hexdigest(),
+        b'{"id":"000000000000","namespace":"team","createdMs":1}',
+    )
+    await redis.hset(keys.tokens(NS), "junk", b"{not json")
+    assert [r.id for r in await store.issued(NS)] == [good.record.id]
+    assert await store.namespace_of(forged) is None
+    assert await store.namespace_of(other.token) == OTHER_NS  # only through its own namespace's hash
+    assert await store.revoke(NS, good.record.id)
+    assert await store.namespace_of(good.token) is None and await store.issued(NS) == []
+
+
+async def test_a_token_names_its_namespace_and_old_tokens_do_not_work(store: TokenStore) -> None:
+    new = await store.create(NS)
+    assert new.token.endswith(f".{NS}") and "." not in new.token.removeprefix(TOKEN_PREFIX)[: -len(NS) - 1]
+    assert await store.namespace_of(TOKEN_PREFIX + "x" * 43) is None
+    assert await store.namespace_of(new.token.removesuffix(NS) + OTHER_NS) is None
 
 
 async def test_issued_lists_tokens_with_id_and_created_time(store: TokenStore) -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import uuid
 
 import fakeredis
+import msgspec
 import pytest
 from sse_starlette.sse import AppStatus
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from api.events import Streams
 from api.history import decode_cursor, encode_cursor
+from core.errors import HubStreamsFull, TooManyStreams
 from core.history import JobHistory
 from core.keys import Keys
+from core.schemas import JobKind, JobRecord, JobState
 from core.settings import Settings
+from tests.machines import FLEET_DEFAULTS
 from tests.unit.conftest import SECRET
 from tests.unit.test_routes import AUTH, register
 
@@ -40,16 +46,20 @@ def add_job(
     jid: str | None = None,
     stored: bool = True,
 ) -> str:
+    """A recorded job as the enqueue script leaves it: in the namespace's index, its record a JSON text."""
     jid = jid or job_id(machine_id)
-    redis.zadd(keys.history(ns, machine_id), {jid: created})
+    redis.zadd(keys.jobs(ns), {jid: created})
     if stored:
-        fields: dict[str, object] = {"kind": kind, "machineId": machine_id, "state": state, "createdMs": created}
-        if finished is not None:
-            fields["finishedMs"] = finished
-            fields["claimedMs"] = created + 1
-        if result is not None:
-            fields["result"] = result
-        redis.hset(keys.job(ns, machine_id, jid), mapping=fields)  # type: ignore[arg-type]
+        record = JobRecord(
+            kind=JobKind(kind),
+            machine_id=machine_id,
+            state=JobState(state),
+            created_ms=created,
+            finished_ms=finished,
+            claimed_ms=None if finished is None else created + 1,
+            result=(result or b"").decode(),
+        )
+        redis.set(keys.job(ns, machine_id, jid), msgspec.json.encode(record))
     return jid
 
 
@@ -63,39 +73,44 @@ def test_include_offline_lists_every_machine_with_counts(
     register(sync_redis, keys, "default", "off")
     register(sync_redis, keys, "default", "never")
     register(sync_redis, keys, "team", "theirs", online=True)
-    sync_redis.hset(keys.info("default", "off"), "lastSeenMs", 1690000000000)
+    sync_redis.hset(keys.reg("default", "off"), "lastSeenMs", 1690000000000)
+    sync_redis.delete(keys.info("default", "never"))
     sync_redis.lpush(keys.mailbox("default", "on"), b"a", b"b")
-    sync_redis.sadd(keys.running("default", "on"), "j1")
     r = client.get("/api/machines?include=offline", headers=AUTH)
     assert r.status_code == 200
     machines = {m["id"]: m for m in r.json()["machines"]}
     assert list(machines) == ["never", "off", "on"]
     meta = {"hostname": "h", "platform": "linux", "version": "1", "launcher": "pty"}
+    assert isinstance(machines["on"].pop("lastSeen"), int)
     assert machines["on"] == {
         "id": "on",
         "namespace": "default",
         "metadata": meta,
-        "lastSeen": 1700000000000,
         "online": True,
         "queueDepth": 2,
-        "inFlight": 1,
+        "inFlight": 0,
+        **FLEET_DEFAULTS,
     }
     assert machines["off"]["online"] is False
+    assert (machines["off"]["sessions"], machines["off"]["health"]) == (None, None), "nothing live while offline"
     assert machines["off"]["lastSeen"] == 1690000000000
     assert machines["off"]["metadata"] == meta
-    assert machines["never"]["lastSeen"] is None
+    assert machines["never"]["lastSeen"] is None and machines["never"]["metadata"] is None
     assert [m["id"] for m in client.get("/api/machines?include=offline", headers=TEAM).json()["machines"]] == ["theirs"]
 
 
-def test_without_include_the_listing_is_unchanged(
+def test_without_include_the_listing_is_hapis_plus_the_fleet_fields(
     client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys
 ) -> None:
     register(sync_redis, keys, "default", "on", online=True)
     register(sync_redis, keys, "default", "off")
-    assert client.get("/api/machines", headers=AUTH).content == (
-        b'{"machines":[{"id":"on","namespace":"default","metadata":{"hostname":"h","platform":"linux",'
-        b'"version":"1","launcher":"pty"},"lastSeen":1700000000000}]}'
-    )
+    body = client.get("/api/machines", headers=AUTH).content
+    assert re.fullmatch(
+        rb'\{"machines":\[\{"id":"on","namespace":"default","metadata":\{"hostname":"h","platform":"linux",'
+        rb'"version":"1","launcher":"pty"\},"lastSeen":\d{13},"displayName":null,"agents":null,"labels":\{\},'
+        rb'"maxSessions":null,"sessions":0,"health":null,"drained":false\}\]\}',
+        body,
+    ), body
 
 
 @pytest.mark.parametrize("query", ["include=online", "include=", "include=offline,all", "include=offline&include=x"])
@@ -122,7 +137,7 @@ def test_jobs_newest_first_across_machines_with_pagination(
     for i in range(7):
         expected.append(add_job(sync_redis, keys, "a" if i % 2 else "b", 1000 + i, finished=1000 + i + 5))
     expected.append(add_job(sync_redis, keys, "a", 1006))  # a tie with the newest job of b
-    expected.sort(key=lambda j: (int(sync_redis.zscore(keys.history("default", j.split(".")[0]), j) or 0), j))
+    expected.sort(key=lambda j: (int(sync_redis.zscore(keys.jobs("default"), j) or 0), j))
     expected.reverse()
     add_job(sync_redis, keys, "a", 999, stored=False)  # expired record: skipped
     seen: list[str] = []
@@ -150,6 +165,7 @@ def test_jobs_newest_first_across_machines_with_pagination(
         "claimedAt",
         "finishedAt",
         "result",
+        "waitingUntil",
         "latencyMs",
         "error",
         "code",
@@ -160,7 +176,7 @@ def test_jobs_filters_and_failure_fields(client: TestClient, sync_redis: fakered
     register(sync_redis, keys, "default", "a")
     register(sync_redis, keys, "default", "b")
     for i in range(30):
-        add_job(sync_redis, keys, "a", 2000 + i, kind="paths", result=b'{"exists":{}}', finished=2000 + i)
+        add_job(sync_redis, keys, "a", 2000 + i, kind="stop", result=b'{"stopped":true}', finished=2000 + i)
     failed = add_job(
         sync_redis,
         keys,
@@ -179,9 +195,9 @@ def test_jobs_filters_and_failure_fields(client: TestClient, sync_redis: fakered
     r = client.get("/api/jobs?kind=spawn", headers=AUTH).json()
     assert [j["id"] for j in r["jobs"]] == [failed, running]
     assert r["jobs"][1]["latencyMs"] is None and r["jobs"][1]["result"] is None
-    r = client.get("/api/jobs?machineId=a&kind=paths&limit=25", headers=AUTH).json()
+    r = client.get("/api/jobs?machineId=a&kind=stop&limit=25", headers=AUTH).json()
     assert len(r["jobs"]) == 25 and r["nextCursor"]
-    r = client.get(f"/api/jobs?machineId=a&kind=paths&limit=25&cursor={r['nextCursor']}", headers=AUTH).json()
+    r = client.get(f"/api/jobs?machineId=a&kind=stop&limit=25&cursor={r['nextCursor']}", headers=AUTH).json()
     assert len(r["jobs"]) == 5 and r["nextCursor"] is None
     assert client.get("/api/jobs?machineId=b&state=running", headers=AUTH).json() == {"jobs": [], "nextCursor": None}
 
@@ -211,51 +227,60 @@ def test_cursor_round_trip() -> None:
     assert decode_cursor(encode_cursor(1764369345123, "m.abc")) == (1764369345123, "m.abc")
 
 
-async def test_recent_merges_like_a_full_sort(keys: Keys) -> None:
-    redis = fakeredis.FakeAsyncRedis()
+async def test_recent_walks_the_index_like_a_full_sort(keys: Keys) -> None:
+    server = fakeredis.FakeServer()
+    redis, sync = fakeredis.FakeAsyncRedis(server=server), fakeredis.FakeRedis(server=server)
     history = JobHistory(redis, keys)
     rng = random.Random(7)
-    machines = ["m1", "m2", "m3"]
     everything = []
-    for m in machines:
+    for m in ["m1", "m2", "m3"]:
         for _ in range(rng.randrange(0, 40)):
-            jid, score = job_id(m), rng.randrange(100, 130)  # many ties
+            score = rng.randrange(100, 130)  # many ties
             state = rng.choice(["succeeded", "failed"])
-            await redis.zadd(keys.history("default", m), {jid: score})
-            await redis.hset(keys.job("default", m, jid), mapping={"kind": "paths", "state": state})
-            everything.append((score, jid, state))
+            everything.append((score, add_job(sync, keys, m, score, state=state), state, m))
     everything.sort(reverse=True)
-    for limit, batch, only in [(5, 6, None), (7, 2, "failed"), (100, 3, None), (1, 1, "succeeded")]:
-        want = [j for s, j, st in everything if only is None or st == only]
+    for limit, only, machine in [(5, None, None), (7, "failed", None), (100, None, "m2"), (1, "succeeded", "m3")]:
+        want = [j for s, j, st, m in everything if only in (None, st) and machine in (None, m)]
         got: list[str] = []
         before = None
         while True:
-            items, more = await history.recent(
+            page = await history.recent(
                 "default",
-                machines,
                 before=before,
                 limit=limit,
-                batch=batch,
-                match=lambda r, only=only: only is None or r["state"] == only.encode(),  # type: ignore[misc]
+                machine_id=machine,
+                match=lambda r, only=only: only in (None, r.state),  # type: ignore[misc]
             )
-            got.extend(i.job_id for i in items)
-            if not more:
+            assert len(page.items) <= limit
+            got.extend(i.job_id for i in page.items)
+            if page.next_position is None:
                 break
-            before = items[-1].position
+            before = page.next_position
         assert got == want
 
 
 # /metrics
 
 
-def test_metrics_names_and_fleet_gauges(client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys) -> None:
+def fleet_fixture(sync_redis: fakeredis.FakeRedis, keys: Keys) -> None:
     register(sync_redis, keys, "default", "on", online=True)
     register(sync_redis, keys, "default", "off")
     register(sync_redis, keys, "team", "t1", online=True)
-    sync_redis.lpush(keys.mailbox("default", "on"), b"x")
-    sync_redis.sadd(keys.running("default", "off"), "j1", "j2")
-    sync_redis.hset(keys.stats("default", "on"), mapping={"succeeded": 3, "failed": 1})
-    sync_redis.hset(keys.stats("default", "off"), mapping={"succeeded": 2})
+    # What the worker counts as it marks machines online, and the hubs as jobs end.
+    sync_redis.hset(
+        keys.stats(),
+        mapping={
+            "default machines_online": 1,
+            "team machines_online": 1,
+            "default jobs_finished:succeeded": 5,
+            "default jobs_finished:failed": 1,
+        },
+    )
+
+
+def test_metrics_names_and_fleet_gauges(client: TestClient, sync_redis: fakeredis.FakeRedis, keys: Keys) -> None:
+    """Without a metrics token /metrics is open, so the fleet is summed: no namespace is named."""
+    fleet_fixture(sync_redis, keys)
     client.get("/api/machines", headers=AUTH)
     client.get("/api/jobs/nope.x", headers=AUTH)
     client.get("/livez")
@@ -266,21 +291,74 @@ def test_metrics_names_and_fleet_gauges(client: TestClient, sync_redis: fakeredi
     for line in [
         'machine_hub_http_requests_total{method="GET",route="/api/machines",status="200"} 1.0',
         'machine_hub_http_requests_total{method="GET",route="/api/jobs/{job_id}",status="404"} 1.0',
-        'machine_hub_machines_online{namespace="default"} 1.0',
-        'machine_hub_machines_online{namespace="team"} 1.0',
-        'machine_hub_machines_registered{namespace="default"} 2.0',
-        'machine_hub_jobs{namespace="default",state="queued"} 1.0',
-        'machine_hub_jobs{namespace="default",state="running"} 2.0',
-        'machine_hub_jobs_finished_total{namespace="default",state="succeeded"} 5.0',
-        'machine_hub_jobs_finished_total{namespace="default",state="failed"} 1.0',
+        "machine_hub_machines_online 2.0",
+        "machine_hub_machines_registered 3.0",
+        'machine_hub_jobs_finished_total{state="succeeded"} 5.0',
+        'machine_hub_jobs_finished_total{state="failed"} 1.0',
         "machine_hub_fleet_up 1.0",
         "machine_hub_event_streams_open 0.0",
     ]:
         assert line in text.splitlines(), line
     assert "# TYPE machine_hub_job_roundtrip_seconds histogram" in text
     assert "# TYPE machine_hub_redis_errors_total counter" in text
+    assert "# TYPE machine_hub_limit_refusals_total counter" in text
     assert 'route="/livez"' not in text and 'route="/metrics"' not in text
     assert "nope.x" not in text  # route templates, never ids
+    assert "namespace" not in text and "default" not in text and "team" not in text
+
+
+def test_metrics_by_namespace_with_the_metrics_token(
+    settings: Settings, fake_server: fakeredis.FakeServer, sync_redis: fakeredis.FakeRedis, keys: Keys
+) -> None:
+    fleet_fixture(sync_redis, keys)
+    app = create_app(
+        Settings(**{**settings_dict(settings), "metrics_token": "scrape-me"}),
+        redis=fakeredis.FakeAsyncRedis(server=fake_server),
+        blocking=fakeredis.FakeAsyncRedis(server=fake_server),
+    )
+    with TestClient(app) as c:
+        text = c.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).text
+    for line in [
+        'machine_hub_machines_online{namespace="default"} 1.0',
+        'machine_hub_machines_online{namespace="team"} 1.0',
+        'machine_hub_machines_registered{namespace="default"} 2.0',
+        'machine_hub_jobs_finished_total{namespace="default",state="succeeded"} 5.0',
+        'machine_hub_jobs_finished_total{namespace="default",state="failed"} 1.0',
+        "machine_hub_fleet_up 1.0",
+    ]:
+        assert line in text.splitlines(), line
+
+
+async def test_concurrent_scrapes_share_one_fleet_read(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of scrapes waits on one Redis read (no lock held by one slow scrape against the rest)."""
+    from api import metrics as metrics_module
+    from api.hub import Hub
+
+    reads = 0
+    release = asyncio.Event()
+
+    async def slow_read(hub: Hub) -> dict[str, dict[str, int]]:
+        nonlocal reads
+        reads += 1
+        await release.wait()
+        return {"default": {"machines_registered": 1, "machines_online": 1}}
+
+    redis = fakeredis.FakeAsyncRedis()
+    hub = Hub(settings, redis, redis)
+    metrics = metrics_module.Metrics()
+    monkeypatch.setattr(metrics_module, "read_fleet", slow_read)
+    try:
+        scrapes = [asyncio.ensure_future(metrics.exposition(hub, by_namespace=False)) for _ in range(50)]
+        await asyncio.sleep(0.01)
+        scrapes[0].cancel()  # one scraper hangs up: the read the others wait for goes on
+        release.set()
+        bodies = await asyncio.gather(*scrapes[1:])
+        assert reads == 1
+        assert all(b"machine_hub_machines_online 1.0" in body for body in bodies)
+        await metrics.exposition(hub, by_namespace=False)
+        assert reads == 1  # cached for FLEET_CACHE_S
+    finally:
+        await redis.aclose()
 
 
 def test_metrics_token(settings: Settings, fake_server: fakeredis.FakeServer) -> None:
@@ -340,27 +418,66 @@ def test_livez_and_readyz(client: TestClient, monkeypatch: pytest.MonkeyPatch) -
     ("url", "headers", "status"),
     [
         ("/api/events", {}, 401),
-        ("/api/events?token=", {}, 401),
-        ("/api/events?token=wrong", {}, 401),
+        ("/api/events?token=", {}, 400),
+        (f"/api/events?token={SECRET}", {}, 400),
+        (f"/api/events?token={SECRET}", AUTH, 400),
         ("/api/events", {"Authorization": "Bearer wrong"}, 401),
         ("/api/events", {**AUTH, "Last-Event-ID": "garbage"}, 400),
-        (f"/api/events?token={SECRET}&lastEventId=1-2-3", {}, 400),
+        ("/api/events?lastEventId=1-2-3", AUTH, 400),
     ],
 )
 def test_events_refusals(client: TestClient, url: str, headers: dict[str, str], status: int) -> None:
     assert client.get(url, headers=headers).status_code == status
 
 
-def test_events_over_the_bound_is_503(settings: Settings, fake_server: fakeredis.FakeServer) -> None:
-    app = create_app(
-        Settings(**{**settings_dict(settings), "max_event_streams": 0}),
-        redis=fakeredis.FakeAsyncRedis(server=fake_server),
-        blocking=fakeredis.FakeAsyncRedis(server=fake_server),
+def test_events_token_in_the_url_is_refused_with_a_reason(client: TestClient) -> None:
+    r = client.get(f"/api/events?token={SECRET}")
+    assert r.json() == {
+        "error": "Invalid query",
+        "detail": "tokens are not accepted in URLs: send Authorization: Bearer <token> - at `token`",
+    }
+
+
+def test_stream_slots_per_token_namespace_and_hub(settings: Settings) -> None:
+    streams = Streams(
+        Settings(
+            **{
+                **settings_dict(settings),
+                "max_event_streams": 4,
+                "max_event_streams_per_namespace": 3,
+                "max_event_streams_per_token": 2,
+            }
+        ),
+        redis=fakeredis.FakeAsyncRedis(),
     )
-    with TestClient(app) as c:
-        r = c.get("/api/events", headers=AUTH)
-        assert r.status_code == 503
-        assert r.json()["error"] == "Too many event streams"
+    streams.admit("a", "t1")
+    streams.admit("a", "t1")
+    with pytest.raises(TooManyStreams) as token_full:
+        streams.admit("a", "t1")
+    assert token_full.value.limit == "max_event_streams_per_token" and token_full.value.retry_after_s == 5
+    streams.admit("a", "t2")
+    with pytest.raises(TooManyStreams) as ns_full:
+        streams.admit("a", "t3")
+    assert ns_full.value.limit == "max_event_streams_per_namespace"
+    streams.admit("b", "t4")  # another tenant is not blocked by a's streams
+    with pytest.raises(HubStreamsFull) as hub_full:
+        streams.admit("c", "t5")
+    assert hub_full.value.limit == "max_event_streams"
+    streams.release("a", "t1")
+    streams.admit("a", "t1")
+    for _ in range(2):
+        streams.release("a", "t1")
+    streams.release("a", "t2")
+    streams.release("b", "t4")
+    assert streams.open == 0 and not streams.by_namespace and not streams.by_token
+
+
+def test_zero_turns_stream_limits_off(settings: Settings) -> None:
+    values = {"max_event_streams": 0, "max_event_streams_per_namespace": 0, "max_event_streams_per_token": 0}
+    streams = Streams(Settings(**{**settings_dict(settings), **values}), redis=fakeredis.FakeAsyncRedis())
+    for _ in range(1000):
+        streams.admit("a", "t")
+    assert streams.open == 1000
 
 
 # /openapi.json and /docs

@@ -45,6 +45,10 @@ def test_overrides_win_and_none_means_not_given() -> None:
         ({"MACHINE_HUB_WORKTREE_BRANCH_PREFIX": "-x"}, "worktree_branch_prefix"),
         ({"MACHINE_HUB_SPAWN_CLAIM_TIMEOUT_S": "60"}, "spawn_claim_timeout_s"),
         ({"MACHINE_HUB_BLOCK_S": "0"}, "block_s"),
+        ({"MACHINE_HUB_WEBHOOK_RETRY_MAX_S": "5"}, "webhook_retry_max_s"),
+        ({"MACHINE_HUB_WEBHOOK_TIMEOUT_S": "0"}, "webhook_timeout_s"),
+        ({"MACHINE_HUB_MAX_WEBHOOKS_PER_NAMESPACE": "-1"}, "max_webhooks_per_namespace"),
+        ({"MACHINE_HUB_WEBHOOK_ALLOW_PRIVATE": "maybe"}, "$.webhook_allow_private"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
@@ -53,5 +57,7 @@ def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
 
 
 def test_to_env_round_trips() -> None:
-    s = Settings(cli_api_token="t", roots=("/x", "/y"), agent_commands={"codex": ["c"]}, block_s=1.5)
+    s = Settings(
+        cli_api_token="t", roots=("/x", "/y"), agent_commands={"codex": ["c"]}, block_s=1.5, webhook_allow_private=True
+    )
     assert Settings.from_env(s.to_env()) == s

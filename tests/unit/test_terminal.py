@@ -42,6 +42,7 @@ class FakeHub:
     url: str
     routes: dict[str, list[Answer]] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    bodies: list[tuple[str, str, Any]] = field(default_factory=list)  # (method, path, JSON body) of writes
 
     def answer(self, path: str, *answers: Answer) -> None:
         self.routes[path] = list(answers)
@@ -60,6 +61,8 @@ def hub() -> Iterator[FakeHub]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             fake.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            if length := int(self.headers.get("Content-Length") or 0):
+                fake.bodies.append((self.command, self.path, json.loads(self.rfile.read(length))))
             queue = fake.routes.get(path)
             answer = (
                 (queue.pop(0) if len(queue) > 1 else queue[0]) if queue else Answer(404, b"Not Found", "text/plain")
@@ -70,6 +73,8 @@ def hub() -> Iterator[FakeHub]:
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(answer.body)
+
+        do_POST = do_PATCH = do_GET
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -159,6 +164,8 @@ def test_machines_table() -> None:
         "m-two  offline  linux     0.1.0    2h ago         0          0",
         "m-old  online   darwin    0.0.9    never          -          -",
     ]
+    drained = machines_table([machine("m-one", True, drained=True)], NOW).splitlines()[1]
+    assert drained.split()[:3] == ["m-one", "online", "(drained)"]
 
 
 def test_jobs_table_shows_errors_from_the_job_or_its_result() -> None:

@@ -1,0 +1,142 @@
+"""machine-hub end to end on a Sentinel deployment and on a Redis Cluster: real hubs, worker and
+agents, each with its own Redis user made on every data node. Claims wait for one replica
+(MACHINE_HUB_REDIS_WAIT_REPLICAS=1), as a deployment that must not lose them runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from redis import exceptions
+
+from tests.e2e.event_stream import about, events
+from tests.e2e.harness import wait_until
+from tests.ha.stack import KINDS, TopologyStack, start_agents, start_services, topology_stack
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TopologyStack]:
+    with topology_stack(request.param, tmp_path_factory, redis_wait_replicas=1) as stack:
+        start_services(stack)
+        yield stack
+
+
+def listed(stack: TopologyStack, hub: int = 0, **params: Any) -> dict[str, Any]:
+    r = httpx2.get(f"{stack.hubs[hub].url}/api/machines", headers=stack.auth(), params=params, timeout=10)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def spawn(stack: TopologyStack, hub: int, machine_id: str, body: dict[str, Any], **headers: str) -> httpx2.Response:
+    return httpx2.post(
+        f"{stack.hubs[hub].url}/api/machines/{machine_id}/spawn",
+        headers={**stack.auth(), **headers},
+        json=body,
+        timeout=15,
+    )
+
+
+def test_machine_users_are_made_and_removed_on_every_node(stack: TopologyStack) -> None:
+    (machine_id,) = stack.machine_ids(1)
+    stack.start_agent(machine_id)  # `machine add` made its user
+    users = stack.users_by_node("default", machine_id)
+    assert set(users) == {n.port for n in stack.nodes}, "every data node is running"
+    assert all(users.values()), f"the machine's user is missing on some node: {users}"
+
+    removed = subprocess.run(
+        [sys.executable, "-m", "machine_hub", "machine", "remove", "--namespace", "default", machine_id],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert not any(stack.users_by_node("default", machine_id).values())
+    wait_until(lambda: machine_id not in [m["id"] for m in listed(stack)["machines"]], 10, "the removed machine gone")
+
+
+def test_listing_pages_through_machines_on_every_node(stack: TopologyStack) -> None:
+    ids = sorted(stack.machine_ids(3, "paging"))  # in a Cluster, one per primary
+    start_agents(stack, ids, "paging")
+    headers = stack.auth("paging")
+    url = f"{stack.hubs[1].url}/api/machines"
+    first = httpx2.get(url, headers=headers, params={"limit": 2}, timeout=10).json()
+    second = httpx2.get(url, headers=headers, params={"limit": 2, "cursor": first["nextCursor"]}, timeout=10).json()
+    assert [m["id"] for m in first["machines"]] == ids[:2]
+    assert [m["id"] for m in second["machines"]] == ids[2:] and second.get("nextCursor") is None
+    every = httpx2.get(url, headers=headers, params={"include": "offline"}, timeout=10).json()["machines"]
+    assert [(m["id"], m["online"]) for m in every] == [(i, True) for i in ids]
+
+
+def test_paths_spawn_replay_and_jobs(stack: TopologyStack, tmp_path: Path) -> None:
+    (machine_id,) = stack.machine_ids(1)
+    stack.start_agent(machine_id)
+    r = httpx2.post(
+        f"{stack.hubs[0].url}/api/machines/{machine_id}/paths/exists",
+        headers=stack.auth(),
+        json={"paths": [str(tmp_path), f"{tmp_path}/nope"]},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"exists": {str(tmp_path): True, f"{tmp_path}/nope": False}}
+
+    body = {"directory": str(tmp_path / "work")}
+    first = spawn(stack, 0, machine_id, body, **{"Idempotency-Key": "ha-replay"})
+    assert first.status_code == 200 and first.json()["success"] is True, first.text
+    replay = spawn(stack, 1, machine_id, body, **{"Idempotency-Key": "ha-replay"})
+    assert replay.json() == first.json(), "the same key and body give the same answer, from any hub"
+    other = spawn(stack, 1, machine_id, {"directory": str(tmp_path)}, **{"Idempotency-Key": "ha-replay"})
+    assert other.status_code == 422
+    assert [launch["cwd"] for launch in stack.launches() if str(tmp_path) in launch["cwd"]] == [body["directory"]]
+
+    job_id = first.json()["jobId"]
+    job = httpx2.get(f"{stack.hubs[1].url}/api/jobs/{job_id}", headers=stack.auth(), timeout=10).json()
+    assert (job["id"], job["state"], job["machineId"]) == (job_id, "succeeded", machine_id)
+    assert job["result"]["sessionId"] == first.json()["sessionId"]
+    page = httpx2.get(
+        f"{stack.hubs[0].url}/api/jobs", headers=stack.auth(), params={"machineId": machine_id}, timeout=10
+    ).json()
+    assert [(j["id"], j["state"]) for j in page["jobs"]] == [(job_id, "succeeded")]
+
+
+def test_events_show_machines_and_jobs_and_the_sweep_marks_a_killed_agent_offline(
+    stack: TopologyStack, tmp_path: Path
+) -> None:
+    (machine_id,) = stack.machine_ids(1)
+    with events(stack.hubs[1].url, stack.auth()) as stream:
+        agent = stack.start_agent(machine_id)
+        stream.until(about(machine_id, type="machine", state="online"))
+        answer = spawn(stack, 0, machine_id, {"directory": str(tmp_path)}).json()
+        (job,) = stream.until(about(machine_id, type="job", kind="spawn", state="succeeded"))[-1:]
+        assert job["data"].count(answer["jobId"]) == 1
+
+        agent.kill()  # no clean stop: only the sweep can tell
+        stream.until(about(machine_id, type="machine", state="offline"), timeout_s=stack.settings.heartbeat_ttl_s + 5)
+    assert machine_id not in [m["id"] for m in listed(stack)["machines"]]
+
+
+def test_a_machines_credentials_reach_its_own_keys_only(stack: TopologyStack) -> None:
+    mine, other = stack.machine_ids(2)  # in a Cluster, on two different primaries
+    stack.start_agent(other)
+    client = stack.client_for(stack.machine_url("default", mine))
+    try:
+        client.set(stack.keys.info("default", mine), "{}")  # its own key
+        for key in (
+            stack.keys.heartbeat("default", other),
+            stack.keys.mailbox("default", other),
+            stack.keys.reg("default", mine),  # its own registration is the hubs' and worker's
+            stack.keys.events("default"),
+        ):
+            with pytest.raises(exceptions.NoPermissionError):
+                client.get(key)
+        with pytest.raises(exceptions.NoPermissionError):
+            client.set(stack.keys.heartbeat("default", other), "forged")
+    finally:
+        client.close()
+    stack.wait_online("default", other)
