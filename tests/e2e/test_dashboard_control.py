@@ -460,8 +460,9 @@ def test_a_filter_is_not_undone_by_a_fetch_made_before_it(board: Board) -> None:
         assert held, "the unfiltered list request never came"
         page.select_option("#filter-kind", "spawn")
         # The filtered answer is shown once no other kind is left in the list.
-        page.wait_for_function(f"() => {{ const kinds = {KINDS_SHOWN}; "
-                               "return kinds.length > 0 && kinds.every((k) => k === 'spawn'); }")
+        page.wait_for_function(
+            f"() => {{ const kinds = {KINDS_SHOWN}; return kinds.length > 0 && kinds.every((k) => k === 'spawn'); }}"
+        )
         # Then the held answer comes in; the page has taken it in (or dropped it) once its JSON is
         # read and one more task has run, since the list is drawn in that JSON's continuation.
         page.evaluate(LATE_ANSWER_READ, held[0].request.url)
