@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 
 import msgspec
-from redis.exceptions import RedisError
 
 from api.errors import unavailable
 from api.inbox import Inbox
+from core.connections import REDIS_ERRORS
 from core.envelopes import JobStatus
 from core.errors import HubNotConnected, IdempotencyMismatch, MachineBusy
 from core.events import JobEvent
@@ -93,7 +93,7 @@ class Dispatcher:
                 outcome = await self._read(ns, machine_id, envelope, spec)
             else:
                 outcome = await self._claimed(ns, machine_id, envelope, spec, fingerprint)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             if unavailable(exc):
                 self.inbox.outages.failed()
             raise

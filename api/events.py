@@ -21,7 +21,6 @@ from typing import Any
 
 import anyio
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,7 +30,7 @@ from api.auth import bearer_token
 from api.health import draining
 from api.hub import Hub, hub_of
 from api.metrics import Metrics, metrics_of
-from core.connections import blocking_client
+from core.connections import REDIS_FAILURES, blocking_client
 from core.errors import HubStreamsFull, InvalidHeader, InvalidQuery, InvalidToken, TooManyStreams
 from core.events import Event, MachineEvent, encode
 from core.settings import Settings
@@ -145,7 +144,7 @@ async def _still_granted(hub: Hub, request: Request, token: str, ns: str, metric
         return await hub.authenticate(request, token) == ns
     except InvalidToken:
         return False
-    except (RedisError, OSError):
+    except REDIS_FAILURES:
         metrics.redis_errors.labels("events").inc()
         return False
 
@@ -180,7 +179,7 @@ async def _events(
                 continue  # time to check the token again; the read goes on
             try:
                 batch = read.result()
-            except (RedisError, OSError):
+            except REDIS_FAILURES:
                 # The client reconnects with the last id it got and misses nothing still retained.
                 metrics.redis_errors.labels("events").inc()
                 return

@@ -20,15 +20,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from core.connections import REDIS_FAILURES, Backoff
+from core.connections import REDIS_ERRORS, REDIS_FAILURES, Backoff
 from core.events import JobEvent
 from core.outages import OutageGrace
 from core.queue import JobQueue
 from core.schemas import CLAIMED_KINDS, FINAL_STATES, Reply
 
 log = logging.getLogger(__name__)
+LATE_REPLY_FAILURES: tuple[type[Exception], ...] = (*REDIS_ERRORS, UnicodeDecodeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,5 +140,5 @@ class Inbox:
                 return
             event = JobEvent(job_id=reply.job_id, machine_id=reply.machine_id, kind=record.kind, state=record.state)
             await self.queue.publish_final(ns.decode(), event)
-        except (RedisError, UnicodeDecodeError) as exc:
+        except LATE_REPLY_FAILURES as exc:
             log.info("late reply for job %s not published: %s", reply.job_id, exc)

@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.auth import bearer_token
 from api.fleet_metrics import PREFIX, Counters, FleetCollector, RefusalsByNamespace, read_fleet
 from api.hub import Hub, hub_of
+from core.connections import REDIS_FAILURES
 from core.errors import InvalidToken
 
 UNTRACKED = frozenset({"/metrics", "/livez", "/readyz"})  # probes and scrapes stay out of the counts
@@ -102,7 +102,7 @@ class Metrics:
         try:
             async with asyncio.timeout(FLEET_TIMEOUT_S):
                 self._fleet = await read_fleet(hub)
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_FAILURES:  # TimeoutError (the deadline) is an OSError
             self.redis_errors.labels("metrics").inc()
             self._fleet = None
         self._fleet_read_at = time.monotonic()

@@ -23,9 +23,11 @@ from core.settings import Settings
 
 BLOCKING_MARGIN_S = 5.0
 BACKOFF_BASE_S = 0.05
-# What a Redis out of reach raises. redis-py's cluster client raises RedisClusterException, which
-# is no RedisError, when no node answers it (the whole cluster down, or cut off).
-REDIS_FAILURES: tuple[type[Exception], ...] = (exceptions.RedisError, exceptions.RedisClusterException, OSError)
+# What redis-py raises: its cluster client raises RedisClusterException, which is no RedisError,
+# when no node answers it (the whole cluster down, or cut off). A Redis out of reach may also
+# surface as a plain OSError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (exceptions.RedisError, exceptions.RedisClusterException)
+REDIS_FAILURES: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
 
 
 class TimedConnection(Connection):  # type: ignore[misc]  # redis-py is untyped for mypy here

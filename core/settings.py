@@ -36,7 +36,8 @@ COUNT_FIELDS = (
     "max_stored_jobs_per_namespace",
 )
 WEBHOOK = ("webhook_timeout_s", "webhook_retry_base_s", "webhook_retry_window_s", "webhook_max_in_flight")
-COMMA_LISTS = frozenset({"shared_secret_namespaces", "redis_sentinels", "labels"})  # other tuples: os.pathsep lists
+# Tuples read from a comma-separated variable; the other tuples are os.pathsep lists.
+COMMA_LISTS = frozenset({"shared_secret_namespaces", "redis_sentinels", "redis_cluster_nodes", "labels"})
 UNPREFIXED = frozenset({"redis_url", "cli_api_token"})
 BRANCH_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,39}$")
 
@@ -53,6 +54,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_sentinels: tuple[str, ...] = ()
     redis_master: str = "mymaster"
     redis_cluster: bool = False  # REDIS_URL names one node of a Redis Cluster
+    redis_cluster_nodes: tuple[str, ...] = ()  # more Cluster nodes (host:port) to find it through
     # arq's own Redis (the worker's queue): arq cannot run on a Cluster. Default: REDIS_URL.
     worker_redis_url: str = ""
     # Replicas a claim (agent) or an abandon (hub) must reach before either acts on it (WAIT), so
@@ -150,6 +152,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise SettingsError(f"key_prefix {self.key_prefix!r} must be 1 to 32 of A-Z a-z 0-9 . _ -")
         if self.redis_sentinels and self.redis_cluster:
             raise SettingsError("choose Sentinel (MACHINE_HUB_REDIS_SENTINELS) or a Cluster, not both")
+        if self.redis_cluster_nodes and not self.redis_cluster:
+            raise SettingsError("MACHINE_HUB_REDIS_CLUSTER_NODES needs MACHINE_HUB_REDIS_CLUSTER=1")
         if self.redis_cluster and not self.worker_redis_url:
             raise SettingsError("with a Redis Cluster, MACHINE_HUB_WORKER_REDIS_URL must name arq's own Redis")
         if self.redis_wait_replicas < 0:

@@ -12,6 +12,7 @@ redis-py 5.3.1 cannot do by itself (with zero retries its pipelines always fail)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -27,7 +28,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.exceptions import RedisClusterException
 
-from core.connections import TimedConnection
+from core.connections import REDIS_FAILURES, TimedConnection
 from core.errors import SettingsError
 from core.settings import Settings
 
@@ -161,13 +162,20 @@ class Cluster(RedisCluster):  # type: ignore[misc]
         return OneShotPipeline(self)
 
 
-def cluster_client(settings: Settings, options: dict[str, Any], max_connections: int | None) -> Redis:
+def cluster_seeds(settings: Settings) -> list[tuple[str, int]]:
+    """The nodes a process finds a Cluster through, in order: REDIS_URL's, then
+    MACHINE_HUB_REDIS_CLUSTER_NODES, so one node down at start does not keep a process out."""
     parts = urlsplit(settings.redis_url)
+    first = (parts.hostname or "127.0.0.1", parts.port or 6379)
+    return [first, *(a for a in map(parse_address, settings.redis_cluster_nodes) if a != first)]
+
+
+def cluster_client(settings: Settings, options: dict[str, Any], max_connections: int | None) -> Redis:
     credentials = _credentials(settings)
     if credentials.pop("db"):
         raise SettingsError("a Redis Cluster has only database 0: REDIS_URL must end in /0")
     return Cluster(
-        startup_nodes=[ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379)],
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_seeds(settings)],
         socket_timeout=options["socket_timeout"],
         socket_connect_timeout=options["socket_connect_timeout"],
         retry=options["retry"],
@@ -191,9 +199,17 @@ def node_client(settings: Settings, host: str, port: int, socket_timeout: float)
 
 async def cluster_addresses(settings: Settings) -> list[tuple[str, int]]:
     """Every node of the cluster that is not failed, replicas included, from CLUSTER NODES (CLUSTER
-    SLOTS, and so redis-py, leaves out a replica that has not replicated anything yet)."""
-    parts = urlsplit(settings.redis_url)
-    seed = node_client(settings, parts.hostname or "127.0.0.1", parts.port or 6379, settings.redis_socket_timeout_s)
+    SLOTS, and so redis-py, leaves out a replica that has not replicated anything yet), asked of
+    the first seed that answers (a read: asking the next one after a failure repeats no write)."""
+    *others, last = cluster_seeds(settings)
+    for host, port in others:
+        with contextlib.suppress(*REDIS_FAILURES):
+            return await _ask_nodes(settings, host, port)
+    return await _ask_nodes(settings, *last)
+
+
+async def _ask_nodes(settings: Settings, host: str, port: int) -> list[tuple[str, int]]:
+    seed = node_client(settings, host, port, settings.redis_socket_timeout_s)
     try:
         return _cluster_nodes(await seed.execute_command("CLUSTER", "NODES"))
     finally:

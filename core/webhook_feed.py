@@ -31,9 +31,8 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from core.connections import Backoff
+from core.connections import REDIS_FAILURES, Backoff
 from core.deliveries import Delivery
 from core.errors import ScriptsNotLoaded
 from core.events import decode
@@ -45,6 +44,7 @@ from core.webhooks import WebhookRecord, WebhookStore, decode_records, event_nam
 log = logging.getLogger(__name__)
 BATCH = 200  # events per stream per read
 CLUSTER_POLL_S = 0.5
+FEED_FAILURES: tuple[type[Exception], ...] = (*REDIS_FAILURES, ScriptsNotLoaded)
 
 Enqueue = Callable[[Delivery], Awaitable[bool]]
 """Puts a delivery on the worker's queue: True when queued, False when the queue already held it."""
@@ -74,7 +74,7 @@ class WebhookFeed:
                     elif await self.step() is None:
                         await _wait(stop, self.settings.block_s)  # no webhooks anywhere
                     backoff.reset()
-                except (RedisError, OSError, ScriptsNotLoaded) as exc:
+                except FEED_FAILURES as exc:
                     pause = backoff.next()
                     log.warning("webhook feed: %s; reading again in %.2fs", exc, pause)
                     await _wait(stop, pause)
@@ -82,7 +82,7 @@ class WebhookFeed:
             if self.holding:
                 try:
                     await self.scripts.run("UNLOCK", [self.keys.webhook_lock()], [self.token])
-                except (RedisError, OSError) as exc:
+                except REDIS_FAILURES as exc:
                     log.warning("webhook feed: could not release its lease (%s); it ends by itself", exc)
 
     async def hold(self) -> bool:

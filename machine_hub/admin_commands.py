@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
-from redis.exceptions import RedisError
 
 from core.admin import Admin, Credentials
-from core.connections import request_client
+from core.connections import REDIS_ERRORS, request_client
 from core.errors import AdminError, MachineHubError
 from core.notifications import NOTIFY_FLAGS
 from core.settings import Settings
@@ -49,7 +48,7 @@ def run_admin(use: Callable[[Admin], Awaitable[T]], *, public_url: str = "") -> 
         return asyncio.run(go())
     except AdminError as exc:
         raise click.ClickException(str(exc)) from None
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise click.ClickException(f"cannot use Redis at REDIS_URL ({exc}); it must be an admin URL") from None
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import click
-from redis.exceptions import RedisError
 
-from core.connections import request_client
+from core.connections import REDIS_ERRORS, request_client
 from core.keys import Keys
 from core.tokens import TokenStore
 from machine_hub.options import namespace_option, settings_from_env, setup_logging
@@ -73,7 +72,7 @@ def _with_tokens(use: Callable[[TokenStore], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise click.ClickException(f"cannot reach Redis ({exc}); check REDIS_URL") from None
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 import msgspec
-from redis.exceptions import RedisError
 
-from core.connections import request_client
+from core.connections import REDIS_ERRORS, request_client
 from core.keys import Keys
 from core.registry import decode_beat
 from core.settings import Settings
@@ -105,7 +104,7 @@ async def _redis_status(settings: Settings, machine_id: str) -> tuple[bool, str]
             pipe.get(key)
             pipe.pttl(key)
             raw, pttl = await pipe.execute()
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         return False, f"unreachable ({exc})"
     finally:
         await redis.aclose()

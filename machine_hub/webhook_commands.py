@@ -13,9 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import click
-from redis.exceptions import RedisError
 
-from core.connections import request_client
+from core.connections import REDIS_ERRORS, request_client
 from core.destinations import UnfitURL, check_url
 from core.errors import TooManyWebhooks
 from core.keys import Keys
@@ -40,7 +39,7 @@ def _with_store(settings: Settings, use: Callable[[WebhookStore], Awaitable[T]])
         return asyncio.run(go())
     except TooManyWebhooks as exc:
         raise click.ClickException(str(exc)) from None
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise click.ClickException(
             f"cannot use Redis at REDIS_URL ({exc}); it must be an admin URL or the hubs'"
         ) from None

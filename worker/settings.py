@@ -122,7 +122,7 @@ def arq_settings(settings: Settings) -> Settings:
     no hash tag, so it cannot run on a Cluster), else REDIS_URL as configured (Sentinel too)."""
     if not settings.worker_redis_url:
         return settings
-    plain = {"redis_sentinels": (), "redis_cluster": False}
+    plain = {"redis_sentinels": (), "redis_cluster": False, "redis_cluster_nodes": ()}
     return msgspec.structs.replace(settings, redis_url=settings.worker_redis_url, **plain)
 
 

@@ -136,10 +136,24 @@ def test_bad_environment_gets_a_readable_message(stack: Stack) -> None:
     assert "heartbeat_interval_s" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_token_command_without_redis_says_so(stack: Stack) -> None:
-    result = cli(stack, "token", "list", "--namespace", "team", REDIS_URL="redis://127.0.0.1:1/0")
+# A Cluster client raises RedisClusterException (no RedisError) when no node answers.
+CLUSTER = {"MACHINE_HUB_REDIS_CLUSTER": "1", "MACHINE_HUB_WORKER_REDIS_URL": "redis://127.0.0.1:1/0"}
+
+
+@pytest.mark.parametrize("topology", [{}, CLUSTER], ids=["plain", "cluster"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["token", "list", "--namespace", "team"], "cannot reach Redis"),
+        (["machine", "add", "--namespace", "team"], "cannot use Redis at REDIS_URL"),
+        (["webhook", "list", "--namespace", "team"], "cannot use Redis at REDIS_URL"),
+        (["agent", "status", "--machine-id", "m1"], "unreachable"),
+    ],
+)
+def test_commands_without_redis_say_so(stack: Stack, topology: dict[str, str], args: list[str], message: str) -> None:
+    result = cli(stack, *args, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", **topology)
     assert result.returncode == 1
-    assert "cannot reach Redis" in result.stderr and "Traceback" not in result.stderr
+    assert message in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["api"], ["agent"], ["token"], ["token", "create"], ["dev"]])

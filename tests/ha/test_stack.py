@@ -14,6 +14,7 @@ import httpx2
 import pytest
 from redis import exceptions
 
+from machine_hub.redis_server import free_port
 from tests.e2e.event_stream import about, events
 from tests.e2e.harness import wait_until
 from tests.ha.stack import KINDS, TopologyStack, start_agents, start_services, topology_stack
@@ -59,6 +60,35 @@ def test_machine_users_are_made_and_removed_on_every_node(stack: TopologyStack) 
     assert removed.returncode == 0, removed.stderr
     assert not any(stack.users_by_node("default", machine_id).values())
     wait_until(lambda: machine_id not in [m["id"] for m in listed(stack)["machines"]], 10, "the removed machine gone")
+
+
+def test_the_first_redis_address_down_keeps_no_process_out(stack: TopologyStack) -> None:
+    """An operator names several sentinels, or several Cluster nodes; when the first one is down,
+    `machine add` still reaches every node and the machine's agent still comes online."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    if stack.settings.redis_sentinels:
+        more = {"MACHINE_HUB_REDIS_SENTINELS": ",".join((dead, *stack.settings.redis_sentinels))}
+        admin_url = stack.settings.redis_url  # its host is not used under Sentinel
+    else:
+        more = {"MACHINE_HUB_REDIS_CLUSTER_NODES": ",".join(f"127.0.0.1:{n.port}" for n in stack.nodes)}
+        admin_url = stack.settings.redis_url.replace(f"127.0.0.1:{stack.nodes[0].port}", dead)
+        assert admin_url != stack.settings.redis_url
+    (machine_id,) = stack.machine_ids(1)
+    added = subprocess.run(
+        [sys.executable, "-m", "machine_hub", "machine", "add", "--namespace", "default", "--machine-id", machine_id],
+        env=stack.env(REDIS_URL=admin_url, **more),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert added.returncode == 0, added.stderr
+    assert all(stack.users_by_node("default", machine_id).values()), "the user is made on every node"
+    machine_url = added.stdout.strip().splitlines()[-1]
+    if not stack.settings.redis_sentinels:
+        assert dead in machine_url  # the agent, too, is told the dead node first
+    stack.machine_urls["default", machine_id] = machine_url
+    stack.start_agent(machine_id, **more)  # waits for its heartbeat
+    wait_until(lambda: machine_id in [m["id"] for m in listed(stack)["machines"]], 10, "the machine listed")
 
 
 def test_listing_pages_through_machines_on_every_node(stack: TopologyStack) -> None:
