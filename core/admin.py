@@ -19,7 +19,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from core import acl, stats, topology
+from core import acl, stats, topology, user_sync
 from core.connections import request_client
 from core.errors import AdminError
 from core.keys import Keys, due_member
@@ -112,6 +112,14 @@ class Admin:
             if deleted:
                 await self._save(nodes)
         return deleted
+
+    async def sync_users(self) -> tuple[list[user_sync.NodeChanges], bool]:
+        """Give every data node the users most of them hold (core.user_sync); whether they were saved."""
+        try:
+            async with self._nodes() as nodes:
+                return await user_sync.sync(nodes, self.keys.prefix), await self._save(nodes)
+        except ResponseError as exc:
+            raise AdminError(f"Redis refused to manage users ({exc}): REDIS_URL must be an admin URL") from None
 
     async def save(self) -> bool:
         """Persist the users (ACL SAVE) on every node; False when Redis has no ACL file."""

@@ -230,14 +230,15 @@ async def data_nodes(settings: Settings, admin: Redis) -> list[Redis]:
 
 
 def _cluster_nodes(reply: Any) -> list[tuple[str, int]]:
-    """Every node CLUSTER NODES names that is not failed (redis-py parses the reply into a dict)."""
+    """Every node CLUSTER NODES names that is not failed, the node asked first (redis-py parses the
+    reply into a dict)."""
     if isinstance(reply, bytes | str):
         text = reply.decode() if isinstance(reply, bytes) else reply
         rows = [(line.split()[1], line.split()[2]) for line in text.splitlines() if line.strip()]
     else:
         rows = [(address, str(node.get("flags", ""))) for address, node in dict(reply).items()]
     out = []
-    for address, flags in rows:
+    for address, flags in sorted(rows, key=lambda row: "myself" not in row[1]):  # the asked node first
         if "fail" in flags or "noaddr" in flags:
             continue
         host, _, port = address.partition("@")[0].rpartition(":")

@@ -193,6 +193,21 @@ def setup(roles: tuple[str, ...], public_url: str, write_urls: Path | None, keep
             click.echo(f"{role}: {credentials.url}")
 
 
+@click.command("sync-users")
+def sync_users() -> None:
+    """Give every Redis data node the machine-hub users most of them hold: run it when a node comes
+    back after missing a `machine add` or `remove`, or joins later (Redis replicates no users)."""
+    changes, saved = run_admin(lambda admin: admin.sync_users())
+    for node in changes:
+        if node.written or node.deleted:
+            written, deleted = ", ".join(node.written) or "none", ", ".join(node.deleted) or "none"
+            click.echo(f"{node.node}: wrote {written}; deleted {deleted}")
+    if not any(node.written or node.deleted for node in changes):
+        click.echo(f"no changes: every data node ({len(changes)}) holds the same users")
+    if not saved:
+        click.echo("warning: Redis runs without an ACL file: users are lost when it restarts", err=True)
+
+
 def role_url_file(folder: Path | None, role: str) -> Path:
     """A folder per role, so each service can be given its own URL and no other (a volume each)."""
     assert folder is not None

@@ -130,7 +130,7 @@ def dev(port: int, data: str) -> None:
 
 def _register_commands() -> None:
     from machine_hub.actions import paths, spawn
-    from machine_hub.admin_commands import machine, setup
+    from machine_hub.admin_commands import machine, setup, sync_users
     from machine_hub.agent_commands import agent
     from machine_hub.redis_init import redis_init
     from machine_hub.terminal import jobs, machines
@@ -144,6 +144,7 @@ def _register_commands() -> None:
     main.add_command(paths)
     main.add_command(machine)
     main.add_command(setup)
+    main.add_command(sync_users)
     main.add_command(tls_certs)
     main.add_command(redis_init)
     main.add_command(webhook)

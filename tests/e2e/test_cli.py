@@ -136,6 +136,12 @@ def test_bad_environment_gets_a_readable_message(stack: Stack) -> None:
     assert "heartbeat_interval_s" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_sync_users_on_one_redis_has_nothing_to_do(stack: Stack) -> None:
+    result = cli(stack, "sync-users")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "no changes: every data node (1) holds the same users"
+
+
 # A Cluster client raises RedisClusterException (no RedisError) when no node answers.
 CLUSTER = {"MACHINE_HUB_REDIS_CLUSTER": "1", "MACHINE_HUB_WORKER_REDIS_URL": "redis://127.0.0.1:1/0"}
 
@@ -147,6 +153,7 @@ CLUSTER = {"MACHINE_HUB_REDIS_CLUSTER": "1", "MACHINE_HUB_WORKER_REDIS_URL": "re
         (["token", "list", "--namespace", "team"], "cannot reach Redis"),
         (["machine", "add", "--namespace", "team"], "cannot use Redis at REDIS_URL"),
         (["webhook", "list", "--namespace", "team"], "cannot use Redis at REDIS_URL"),
+        (["sync-users"], "cannot use Redis at REDIS_URL"),
         (["agent", "status", "--machine-id", "m1"], "unreachable"),
     ],
 )
@@ -156,7 +163,7 @@ def test_commands_without_redis_say_so(stack: Stack, topology: dict[str, str], a
     assert message in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["api"], ["agent"], ["token"], ["token", "create"], ["dev"]])
+@pytest.mark.parametrize("command", [[], ["api"], ["agent"], ["token"], ["token", "create"], ["dev"], ["sync-users"]])
 def test_every_command_has_help(stack: Stack, command: list[str]) -> None:
     result = cli(stack, *command, "--help")
     assert result.returncode == 0 and "Usage:" in result.stdout

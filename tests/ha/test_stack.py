@@ -9,11 +9,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx2
 import pytest
+import redis
 from redis import exceptions
 
+from core.acl import machine_user
 from machine_hub.redis_server import free_port
 from tests.e2e.event_stream import about, events
 from tests.e2e.harness import wait_until
@@ -89,6 +92,34 @@ def test_the_first_redis_address_down_keeps_no_process_out(stack: TopologyStack)
     stack.machine_urls["default", machine_id] = machine_url
     stack.start_agent(machine_id, **more)  # waits for its heartbeat
     wait_until(lambda: machine_id in [m["id"] for m in listed(stack)["machines"]], 10, "the machine listed")
+
+
+def test_sync_users_gives_a_node_that_missed_changes_what_the_others_hold(stack: TopologyStack) -> None:
+    """A node that was replaced (no users) or down during a `machine remove` (a user the others
+    deleted): `machine-hub sync-users` makes it hold what the other nodes do (under Sentinel, with
+    one replica, a tie: the primary's)."""
+    (machine_id,) = stack.machine_ids(1)
+    url = urlsplit(stack.machine_url("default", machine_id))
+    user, ghost = (machine_user(stack.keys, "default", m) for m in (machine_id, "removed-while-down"))
+    behind = stack.nodes[-1]  # not the node REDIS_URL names, nor the primary
+    behind.execute("ACL", "DELUSER", user)
+    behind.execute("ACL", "SETUSER", ghost, "on", ">pw", "~x", "+get")
+    assert not stack.users_by_node("default", machine_id)[behind.port]
+
+    def sync() -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "machine_hub", "sync-users"]
+        return subprocess.run(argv, env=stack.env(), capture_output=True, text=True, timeout=30)
+
+    synced = sync()
+    assert synced.returncode == 0, synced.stderr
+    assert synced.stdout.strip() == f"127.0.0.1:{behind.port}: wrote {user}; deleted {ghost}"
+    assert all(stack.users_by_node("default", machine_id).values())
+    assert behind.execute("ACL", "GETUSER", ghost) is None
+    login = {"username": unquote(url.username or ""), "password": unquote(url.password or "")}
+    with redis.Redis(port=behind.port, socket_timeout=5, **login) as client:
+        assert client.ping()  # the machine's own password, on the node that had lost it
+    again = sync()
+    assert again.returncode == 0 and again.stdout.startswith("no changes:"), again.stdout
 
 
 def test_listing_pages_through_machines_on_every_node(stack: TopologyStack) -> None:
