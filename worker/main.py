@@ -33,7 +33,7 @@ from worker.settings import (
     arq_settings,
     deliveries_worker_settings,
     delivery_queue,
-    health_check_key,
+    health_check_keys,
     redis_pool,
     worker_settings,
 )
@@ -56,18 +56,22 @@ def check(settings: Settings) -> int:
 
 
 async def _check(settings: Settings) -> int:
+    """Both arq Workers of a worker process (sweeps, webhook deliveries) refresh their keys."""
+    keys = health_check_keys(settings)
     redis = request_client(arq_settings(settings))
     try:
-        health = await redis.get(health_check_key(settings))
+        health = dict(zip(keys, await redis.mget(list(keys.values())), strict=True))
     except (RedisError, OSError) as exc:
         log.warning("health check failed: cannot reach Redis (%s)", exc)
         return 1
     finally:
         await redis.aclose()
-    if health is None:
-        log.warning("health check failed: no worker refreshed %s", health_check_key(settings))
+    missing = [f"{what} ({keys[what]})" for what, value in health.items() if value is None]
+    if missing:
+        log.warning("health check failed: no worker refreshed the key of %s", ", ".join(missing))
         return 1
-    log.info("health check passed: %s", health.decode(errors="replace"))
+    for what, value in health.items():
+        log.info("health check passed: %s: %s", what, value.decode(errors="replace"))
     return 0
 
 

@@ -46,10 +46,19 @@ def health_check_key(settings: Settings) -> str:
     return f"{queue_name(settings)}:health-check"
 
 
+def health_check_keys(settings: Settings) -> dict[str, str]:
+    """The health key of each arq Worker a worker process runs, by what that Worker does."""
+    return {"sweeps": health_check_key(settings), "webhook deliveries": deliveries_health_check_key(settings)}
+
+
 def deliveries_queue_name(settings: Settings) -> str:
     """Webhook deliveries have a queue (and arq Worker) of their own, so that receivers that are
     slow or down never hold up the sweeps."""
     return f"{queue_name(settings)}:webhooks"
+
+
+def deliveries_health_check_key(settings: Settings) -> str:
+    return f"{deliveries_queue_name(settings)}:health-check"
 
 
 def schedule(interval_s: float, name: str = "interval") -> dict[str, Any]:
@@ -207,7 +216,7 @@ def deliveries_worker_settings(settings: Settings) -> dict[str, Any]:
     return {
         "functions": [deliver],
         "queue_name": name,
-        "health_check_key": f"{name}:health-check",
+        "health_check_key": deliveries_health_check_key(settings),
         "health_check_interval": settings.worker_health_check_interval_s,
         "redis_settings": redis_settings(settings),
         "job_serializer": serialize,

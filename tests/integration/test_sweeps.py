@@ -31,7 +31,7 @@ from core.sweeps import Sweeper
 from machine_hub.redis_server import RedisServer, free_port
 from tests import machines
 from worker import main as worker_main
-from worker.settings import health_check_key, queue_name, redis_pool, schedule, worker_settings
+from worker.settings import health_check_key, health_check_keys, queue_name, redis_pool, schedule, worker_settings
 
 NS = "team"
 MACHINE = "box-1"
@@ -502,6 +502,17 @@ async def test_the_worker_sweeps_and_reports_health_until_stopped(settings: Sett
     await asyncio.wait_for(serving, 15)
     assert not await redis.exists(health_check_key(fast))
     assert await asyncio.to_thread(worker_main.check, fast) == 1
+
+
+async def test_the_health_check_needs_both_workers_of_the_process(settings: Settings, redis: Redis) -> None:
+    keys = health_check_keys(settings)
+    assert list(keys) == ["sweeps", "webhook deliveries"]
+    await redis.set(keys["sweeps"], "alive")  # and the deliveries' Worker is not
+    assert await asyncio.to_thread(worker_main.check, settings) == 1
+    await redis.set(keys["webhook deliveries"], "alive")
+    assert await asyncio.to_thread(worker_main.check, settings) == 0
+    await redis.delete(keys["sweeps"])
+    assert await asyncio.to_thread(worker_main.check, settings) == 1
 
 
 async def test_the_health_check_fails_fast_when_redis_is_unreachable(settings: Settings) -> None:
