@@ -17,10 +17,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from core import acl, stats, topology, user_sync
-from core.connections import request_client
+from core.connections import REDIS_FAILURES, request_client
 from core.errors import AdminError
 from core.keys import Keys, due_member
 from core.leftovers import redis_now_ms
@@ -158,7 +158,7 @@ class Admin:
         client = request_client(msgspec.structs.replace(self.settings, redis_url=url))
         try:
             return bool(await client.ping())
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             return False
         finally:
             await client.aclose()

@@ -9,9 +9,8 @@ import httpx2
 import msgspec
 from arq.worker import Retry
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from core.connections import request_client
+from core.connections import REDIS_FAILURES, request_client
 from core.deliveries import Delivery, Sender, http_client
 from core.keys import Keys
 from core.outages import OutageGrace
@@ -75,7 +74,7 @@ async def deliver(ctx: dict[str, Any], delivery: dict[str, Any]) -> str:
     found: DeliveryDeps = ctx["delivery_deps"]
     try:
         delay = await found.sender.attempt(msgspec.convert(delivery, Delivery), attempt=int(ctx["job_try"]))
-    except (RedisError, OSError) as exc:
+    except REDIS_FAILURES as exc:
         # The attempt may have reached the receiver before Redis failed: sent again, it is a
         # repeat the receiver drops by its delivery id (at least once, never lost to a blip).
         raise Retry(defer=found.settings.webhook_retry_base_s) from exc
