@@ -3,7 +3,8 @@
 Any machine may push onto a hub's inbox (that is how it answers), so a reply resolves a waiting
 request only when it names the machine the job was sent to and carries the job's secret, which
 only that machine was given. A reply for a job nobody here waits for any more (the hub gave up
-at its deadline) is checked against the job record, and its final event published.
+at its deadline) is checked against the job record, and its final event published, except for a
+spawn that waited for its machine: no hub waits for those, and the worker announces each once.
 
 When the reader loses Redis, a read-only job waiting here fails at once (503) instead of at its
 deadline: its envelope or its reply may have gone with a primary that failed over before
@@ -133,6 +134,7 @@ class Inbox:
             if (
                 record is None
                 or record.kind not in CLAIMED_KINDS
+                or record.wait_ms  # a spawn that waited for its machine: the worker announces it (core.waiting)
                 or record.reply_to != self.hub_id
                 or record.state != reply.state
                 or not hmac.compare_digest(record.secret.encode(), reply.secret.encode())

@@ -231,7 +231,14 @@ def test_a_spawn_waits_for_its_machine_to_come_online(stack: Stack, ns: str, tmp
     done = wait_until(lambda: (j := job(stack, ns, job_id))["state"] == "succeeded" and j, 20, "the waiting job to run")
     assert done["claimedAt"] >= done["createdAt"] and done["result"]["success"] is True
     stack.launched(done["result"]["sessionId"])
-    wait_until(lambda: job_events(stack, ns, job_id) == [("waiting", None), ("succeeded", None)], 20, "its event")
+    # The worker announces a waiting spawn's end (and marks its record so). The agent answered the
+    # hub that queued the job too: once that hub has answered a later path check (its reply reader
+    # takes replies in order), it has taken that answer in, and it announces nothing.
+    record_key = stack.keys.job(ns, machine_id, job_id)
+    wait_until(lambda: json.loads(stack.redis.get(record_key) or b"{}").get("published"), 20, "the worker's look")
+    checked = post(stack, ns, f"/api/machines/{machine_id}/paths/exists", {"paths": [str(tmp_path)]})
+    assert checked.status_code == 200, checked.text
+    assert job_events(stack, ns, job_id) == [("waiting", None), ("succeeded", None)]
     settled = post(stack, ns, f"/api/machines/{machine_id}/spawn", body, hub=1, **key)
     assert settled.status_code == 200 and settled.json()["sessionId"] == done["result"]["sessionId"], settled.text
     launches = [x for x in stack.launches() if x["env"].get("MACHINE_HUB_MACHINE_ID") == machine_id]
