@@ -48,10 +48,10 @@ async def users_of(node: Redis, prefix: str) -> dict[str, tuple[str, ...]]:
     return {name: rules for name, rules in listed if name.startswith(f"{prefix}~")}
 
 
-def same(a: tuple[str, ...] | None, b: tuple[str, ...] | None) -> bool:
-    """Whether two nodes hold a user alike: ACL LIST names the same rules in an order that
-    depends on each node's history (the commands a user may run, above all)."""
-    return (a is None) == (b is None) and sorted(a or ()) == sorted(b or ())
+def version(rules: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """A user as a node holds it (None: not at all), compared as a set of rules: ACL LIST names
+    them in an order that depends on the node's history (the commands a user may run, above all)."""
+    return None if rules is None else tuple(sorted(rules))
 
 
 def agreed(held: list[dict[str, tuple[str, ...]]]) -> dict[str, tuple[str, ...] | None]:
@@ -59,11 +59,15 @@ def agreed(held: list[dict[str, tuple[str, ...]]]) -> dict[str, tuple[str, ...] 
     out: dict[str, tuple[str, ...] | None] = {}
     for name in sorted({name for users in held for name in users}):
         versions = [users.get(name) for users in held]
-        counts = Counter(None if v is None else tuple(sorted(v)) for v in versions)
+        counts = Counter(map(version, versions))
         top = max(counts.values())
-        # The first node's, on a tie.
-        out[name] = next(v for v in versions if counts[None if v is None else tuple(sorted(v))] == top)
+        out[name] = next(v for v in versions if counts[version(v)] == top)  # the first node's, on a tie
     return out
+
+
+def _address(node: Redis) -> str:
+    where = node.connection_pool.connection_kwargs
+    return f"{where['host']}:{where['port']}" if "host" in where else str(where.get("path", "?"))
 
 
 async def sync(nodes: list[Redis], prefix: str) -> list[NodeChanges]:
@@ -72,10 +76,9 @@ async def sync(nodes: list[Redis], prefix: str) -> list[NodeChanges]:
     wanted = agreed(held)
     changes = []
     for node, users in zip(nodes, held, strict=True):
-        address = node.connection_pool.connection_kwargs
-        done = NodeChanges(f"{address.get('host', address.get('path', '?'))}:{address.get('port', '')}".rstrip(":"))
+        done = NodeChanges(_address(node))
         for name, rules in wanted.items():
-            if same(users.get(name), rules):
+            if version(users.get(name)) == version(rules):
                 continue
             if rules is None:
                 await node.execute_command("ACL", "DELUSER", name)  # Redis closes its connections

@@ -101,7 +101,7 @@ def test_sync_users_gives_a_node_that_missed_changes_what_the_others_hold(stack:
     (machine_id,) = stack.machine_ids(1)
     url = urlsplit(stack.machine_url("default", machine_id))
     user, ghost = (machine_user(stack.keys, "default", m) for m in (machine_id, "removed-while-down"))
-    behind = stack.nodes[-1]  # not the node REDIS_URL names, nor the primary
+    behind = stack.nodes[-1]  # not the node REDIS_URL names (nor, under Sentinel, the primary)
     behind.execute("ACL", "DELUSER", user)
     behind.execute("ACL", "SETUSER", ghost, "on", ">pw", "~x", "+get")
     assert not stack.users_by_node("default", machine_id)[behind.port]
