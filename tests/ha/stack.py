@@ -150,6 +150,16 @@ def topology_stack(kind: Kind, tmp: pytest.TempPathFactory, **overrides: Any) ->
         yield stack
 
 
+@contextmanager
+def failover_stack(kind: Kind, tmp: pytest.TempPathFactory) -> Iterator[TopologyStack]:
+    """A stack of `kind` with hubs and a worker for the failover suites: claims wait for a replica,
+    and fast heartbeats, so a machine the failover loses shows within seconds."""
+    settings = {"redis_wait_replicas": 1, "heartbeat_interval_s": 0.3, "heartbeat_ttl_s": 1.5}
+    with topology_stack(kind, tmp, **settings) as stack:
+        start_services(stack)
+        yield stack
+
+
 def start_services(stack: Stack, hubs: int = 2, **env: str) -> None:
     """`hubs` hubs and a worker, started together (each waits for its own readiness)."""
     with ThreadPoolExecutor(hubs + 1) as pool:

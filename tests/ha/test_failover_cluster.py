@@ -11,7 +11,7 @@ import pytest
 from machine_hub.redis_cluster import ClusterTopology
 from tests.e2e.harness import wait_until
 from tests.ha.load import Load, check_calls
-from tests.ha.stack import TopologyStack, job, marked_offline, online, start_agents, start_services, topology_stack
+from tests.ha.stack import TopologyStack, failover_stack, job, marked_offline, online, start_agents
 
 # Between a primary's death and its replica's promotion the whole cluster answers CLUSTERDOWN
 # (about 2 s here); requests that began then, or a client's timeouts later, may get 503.
@@ -20,9 +20,7 @@ OUTAGE_MARGIN_S = 3.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TopologyStack]:
-    settings = {"redis_wait_replicas": 1, "heartbeat_interval_s": 0.3, "heartbeat_ttl_s": 1.5}
-    with topology_stack("cluster", tmp_path_factory, **settings) as stack:
-        start_services(stack)
+    with failover_stack("cluster", tmp_path_factory) as stack:
         yield stack
 
 

@@ -21,20 +21,17 @@ from tests.ha.load import Load, check_calls, launches_by_directory
 from tests.ha.stack import (
     ADMIN,
     TopologyStack,
+    failover_stack,
     job,
     marked_offline,
     online,
     start_agents,
-    start_services,
-    topology_stack,
 )
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TopologyStack]:
-    settings = {"redis_wait_replicas": 1, "heartbeat_interval_s": 0.3, "heartbeat_ttl_s": 1.5}
-    with topology_stack("sentinel", tmp_path_factory, **settings) as stack:
-        start_services(stack)
+    with failover_stack("sentinel", tmp_path_factory) as stack:
         yield stack
 
 

@@ -17,6 +17,7 @@ from core.lua import Scripts
 from core.queue import JobQueue
 from core.schemas import Envelope, JobKind, JobRecord, JobState, Reply
 from tests import machines
+from tests.waiting import redis_clock_past
 
 NS = "team"
 MACHINE = "box-1"
@@ -217,7 +218,7 @@ async def test_claim_after_the_claim_deadline_expires_the_job(queue: JobQueue, r
     await online(redis, keys)
     jid = job_id()
     await enqueue(queue, jid, claim_ms=1)
-    await asyncio.sleep(0.01)  # past a 1 ms deadline on the Redis clock
+    await redis_clock_past(redis, (await record(queue, jid)).claim_by or 0)
     assert await queue.claim(NS, MACHINE, jid, INSTANCE) == "no"
     assert (await record(queue, jid)).state == JobState.EXPIRED
 

@@ -16,6 +16,7 @@ from core.machine_schemas import Beat, MachineMetadata
 from core.registry import Ownership, Registry, decode_beat
 from tests import machines
 from tests.integration.conftest import commands_during
+from tests.waiting import redis_ms, until
 
 NS = "team"
 OTHER_NS = "other"
@@ -26,11 +27,6 @@ OTHER_INSTANCE = "b" * 32
 @pytest.fixture
 def registry(redis: Redis, keys: Keys) -> Registry:
     return Registry(redis, keys, Scripts(redis, can_load=True))
-
-
-async def redis_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def machine_events(redis: Redis, keys: Keys, ns: str = NS) -> list[MachineEvent]:
@@ -87,7 +83,11 @@ async def test_rows_give_online_machines_a_redis_clock_last_seen(registry: Regis
 async def test_a_heartbeat_drops_out_after_its_ttl(registry: Registry, redis: Redis, keys: Keys) -> None:
     await machines.add(redis, keys, NS, "box-1", ttl_ms=100)
     assert (await listing.rows(registry, NS, ["box-1"]))[0].online
-    await asyncio.sleep(0.2)
+
+    async def expired() -> bool:
+        return not await redis.exists(keys.heartbeat(NS, "box-1"))
+
+    await until(expired, "the heartbeat's TTL ran out")
     assert not (await listing.rows(registry, NS, ["box-1"]))[0].online
 
 

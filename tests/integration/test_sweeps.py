@@ -30,6 +30,7 @@ from core.settings import Settings
 from core.sweeps import Sweeper
 from machine_hub.redis_server import RedisServer, free_port
 from tests import machines
+from tests.waiting import redis_clock_past, redis_ms, until
 from worker import main as worker_main
 from worker.settings import health_check_key, health_check_keys, queue_name, redis_pool, schedule, worker_settings
 
@@ -126,16 +127,17 @@ async def test_a_machine_found_at_its_expiry_is_looked_at_again_at_the_next_one(
         await machines.beat(redis, keys, NS, MACHINE, INSTANCE, ttl_ms=300)
         due = await redis.zscore(keys.sweep_due("online"), due_member(NS, MACHINE))
         assert due is not None
-        await asyncio.sleep(max(0.0, (due - await _now(redis)) / 1000) + 0.01)
+        await redis_clock_past(redis, int(due))
         await machines.beat(redis, keys, NS, MACHINE, INSTANCE, ttl_ms=300)
         assert (await sweeper.sweep()).offline == 0
-    await asyncio.sleep(0.4)  # it stops beating
+
+    async def expired() -> bool:  # it stops beating
+        return not await redis.exists(keys.heartbeat(NS, MACHINE))
+
+    await until(expired, "the heartbeat's TTL ran out")
+    due = await redis.zscore(keys.sweep_due("online"), due_member(NS, MACHINE))
+    await redis_clock_past(redis, int(due or 0))
     assert (await sweeper.sweep()).offline == 1
-
-
-async def _now(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def test_passes_never_overlap(sweeper: Sweeper, redis: Redis, keys: Keys) -> None:
@@ -295,7 +297,7 @@ async def test_trim_drops_only_what_is_older_than_the_retention(
     sweeper: Sweeper, redis: Redis, keys: Keys, settings: Settings
 ) -> None:
     await machines.add(redis, keys, NS, MACHINE)
-    now_ms = await _now(redis)
+    now_ms = await redis_ms(redis)
     await redis.zadd(keys.jobs(NS), {"old": now_ms - 120_000, "new": now_ms - 1_000})
     await redis.xadd(keys.events(NS), {"e": b"{}"}, id=f"{now_ms - 120_000}-0")
     await redis.xadd(keys.events(NS), {"e": b"{}"}, id="*")

@@ -8,7 +8,6 @@ is compared before and after; the only ones that may change are named below, wit
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -45,6 +44,13 @@ def snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
         else:
             out[key] = kind
     return out
+
+
+SWEEP_DONE = ":sweep ●"  # arq's line for a sweep that ended
+
+
+def worker_log(stack: Stack) -> str:
+    return "".join(p.log_text() for p in stack.processes if p.name.startswith("worker"))
 
 
 def may_change(key: str, keys: Keys, machine_id: str) -> bool:
@@ -85,10 +91,8 @@ def test_hostile_values_a_machine_writes_change_nothing_outside_it(stack: Stack,
     attacker.set(
         k.info("default", machine_id), b'{"hostname":"<script>alert(1)</script>","platform":"x","version":"1"}'
     )
-    wait_until(
-        lambda: stack.redis.hget(k.reg("default", machine_id), "state") == b"online", 10, "the worker's online mark"
-    )
-    time.sleep(0.2)
+    online_line = f"machine {machine_id} in namespace default is online"
+    wait_until(lambda: online_line in worker_log(stack), 10, "the worker's online mark")  # logged once it is done
     before = snapshot(stack.redis, k.prefix)
 
     hostile_names = [
@@ -117,7 +121,8 @@ def test_hostile_values_a_machine_writes_change_nothing_outside_it(stack: Stack,
     wait_until(lambda: stack.redis.hget(k.reg("default", machine_id), "state") == b"offline", 10, "the offline sweep")
     answers = [spawn.result(), again.result()]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
-    time.sleep(2 * stack.settings.sweep_interval_s)  # let further sweeps run over what is left
+    swept = worker_log(stack).count(SWEEP_DONE)
+    wait_until(lambda: worker_log(stack).count(SWEEP_DONE) >= swept + 2, 20, "two more sweeps over what is left")
 
     after = snapshot(stack.redis, k.prefix)
     outside = {key for key in before.keys() | after.keys() if not key.startswith(own_base)}

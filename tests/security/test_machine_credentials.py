@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -137,7 +136,12 @@ def test_a_machine_cannot_queue_work_on_another_machine(stack: Stack, pair: tupl
     hostile += [k.job("default", neighbour, "x"), k.idempotency("default", neighbour, "-")]
     assert refused(attacker.evalsha, SHA["ENQUEUE"], len(hostile), *hostile, *([""] * 14))
     before = len(stack.launches())
-    time.sleep(2 * stack.settings.heartbeat_interval_s)
+    # The neighbour's agent takes its mailbox in order: once it has answered a later path check, it
+    # has seen whatever got in ahead of it, and started nothing.
+    checked = httpx2.post(
+        f"{stack.hubs[0].url}/api/machines/{neighbour}/paths/exists", headers=stack.auth(), json={"paths": ["/"]}
+    )
+    assert checked.status_code == 200, checked.text
     assert len(stack.launches()) == before
 
 
@@ -170,26 +174,34 @@ def test_a_forged_reply_does_not_make_another_machines_job_look_finished(
     hub = stack.hubs[0]
     # The attacker poses as its own machine's agent, and so learns the hub's inbox from a job.
     attacker.set(k.heartbeat("default", mine), uuid.uuid4().hex.encode() + b' {"ttlMs":60000}', px=60_000)
-    own_answer: dict[str, Any] = {}
-    check = threading.Thread(
-        target=lambda: own_answer.update(
-            httpx2.post(
-                f"{hub.url}/api/machines/{mine}/paths/exists", headers=stack.auth(), json={"paths": ["/"]}, timeout=10
-            ).json()
+
+    def own_check() -> str:
+        """A path check on the attacker's machine, answered by the attacker: the hub's inbox."""
+        own_answer: dict[str, Any] = {}
+        check = threading.Thread(
+            target=lambda: own_answer.update(
+                httpx2.post(
+                    f"{hub.url}/api/machines/{mine}/paths/exists",
+                    headers=stack.auth(),
+                    json={"paths": ["/"]},
+                    timeout=10,
+                ).json()
+            )
         )
-    )
-    check.start()
-    popped = attacker.blmpop(5, 1, k.mailbox("default", mine), direction="RIGHT", count=1)
-    own = msgspec.json.decode(popped[1][0], type=Envelope)
-    inbox = k.inbox(own.reply_to)
-    # Answering its own machine's jobs is exactly what the credentials are for.
-    result = msgspec.Raw(b'{"exists":{"/":false}}')
-    reply = Reply(
-        job_id=own.job_id, machine_id=mine, state=JobState.SUCCEEDED, result=result, secret=own.secret, origin=True
-    )
-    attacker.lpush(inbox, msgspec.json.encode(reply))
-    check.join(10)
-    assert own_answer == {"exists": {"/": False}}
+        check.start()
+        popped = attacker.blmpop(5, 1, k.mailbox("default", mine), direction="RIGHT", count=1)
+        own = msgspec.json.decode(popped[1][0], type=Envelope)
+        # Answering its own machine's jobs is exactly what the credentials are for.
+        result = msgspec.Raw(b'{"exists":{"/":false}}')
+        reply = Reply(
+            job_id=own.job_id, machine_id=mine, state=JobState.SUCCEEDED, result=result, secret=own.secret, origin=True
+        )
+        attacker.lpush(k.inbox(own.reply_to), msgspec.json.encode(reply))
+        check.join(10)
+        assert own_answer == {"exists": {"/": False}}
+        return k.inbox(own.reply_to)
+
+    inbox = own_check()
 
     victim.signal(19)  # SIGSTOP: the neighbour's spawn waits, the forgery arrives first
     answer: dict[str, Any] = {}
@@ -213,7 +225,9 @@ def test_a_forged_reply_does_not_make_another_machines_job_look_finished(
                 job_id=job_id, machine_id=machine, state=JobState.SUCCEEDED, result=forged, secret=secret, origin=True
             )
             assert attacker.lpush(inbox, msgspec.json.encode(reply)) >= 1
-        time.sleep(0.3)
+        # The hub's reply reader takes its inbox in order: once a later answer is through, it has
+        # weighed every forgery, before the neighbour's agent runs again.
+        own_check()
         assert spawn.is_alive(), f"the hub took a forged reply: {answer}"
     finally:
         victim.signal(18)  # SIGCONT

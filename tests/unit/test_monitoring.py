@@ -24,6 +24,7 @@ from core.settings import Settings
 from tests.machines import FLEET_DEFAULTS
 from tests.unit.conftest import SECRET
 from tests.unit.test_routes import AUTH, register
+from tests.waiting import eventually
 
 TEAM = {"Authorization": f"Bearer {SECRET}:team"}
 
@@ -349,7 +350,8 @@ async def test_concurrent_scrapes_share_one_fleet_read(settings: Settings, monke
     monkeypatch.setattr(metrics_module, "read_fleet", slow_read)
     try:
         scrapes = [asyncio.ensure_future(metrics.exposition(hub, by_namespace=False)) for _ in range(50)]
-        await asyncio.sleep(0.01)
+        # The first scrape reads the fleet; the others, started in the same turn, wait for that read.
+        await eventually(lambda: reads == 1, "the first scrape reads the fleet")
         scrapes[0].cancel()  # one scraper hangs up: the read the others wait for goes on
         release.set()
         bodies = await asyncio.gather(*scrapes[1:])
