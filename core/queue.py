@@ -178,11 +178,14 @@ class JobQueue:
         return "claimed" if replicated else "unreplicated"
 
     async def complete(
-        self, ns: str, machine_id: str, job_id: str, instance: str, state: JobState, result: bytes
+        self, ns: str, machine_id: str, job_id: str, instance: str, state: JobState, result: bytes, held_ms: int = 0
     ) -> Answer | None:
-        """Store the result (fenced by instance); where to answer, or None if it was refused."""
+        """Store the result (fenced by instance); where to answer, or None if it was refused.
+
+        `held_ms`: how long the instance held the job from its claim to its end; the record's
+        `finishedMs` is the claim's time plus that."""
         out = await self.scripts.run(
-            "COMPLETE", [self.keys.job(ns, machine_id, job_id)], [instance, state.value, result]
+            "COMPLETE", [self.keys.job(ns, machine_id, job_id)], [instance, state.value, result, held_ms]
         )
         return answer_of(out, 1) if text(out[0]) == "done" else None
 

@@ -22,9 +22,10 @@ abandoned never runs, and a job an agent claimed is never reported as not starte
 job (`waitMs` in its record) is a queued spawn whose claim deadline is the end of its wait: its
 machine takes it when it comes online, and its run deadline starts at the claim. Read-only
 jobs (path checks, session lists) have no record: their envelope is pushed by PUSH_READ and the
-answer goes straight to the asking hub. Every script reads the clock with Redis TIME; none is ever
-retried after an error other than NOSCRIPT, which means it did not run (core.lua), except COMPLETE:
-the same report from the same instance again changes nothing and gets the first one's answer.
+answer goes straight to the asking hub. Every script reads the clock with Redis TIME (COMPLETE
+adds the claimer's own measure of the run to the claim's time); none is ever retried after an error
+other than NOSCRIPT, which means it did not run (core.lua), except COMPLETE: the same report from
+the same instance again changes nothing and gets the first one's answer.
 """
 
 from __future__ import annotations
@@ -149,11 +150,12 @@ return {'claimed'}
 
 # Fenced by the instance id: an agent that was paused or replaced cannot overwrite the job.
 # Returns where to answer: the asking hub, the hubs that joined, and the job's secret.
+# The job ended at its claim (Redis clock) plus how long the claimer held it (its own monotonic
+# clock): no TIME call, and right also when the report lands long after the end (an outage).
 COMPLETE = (
-    NOW
-    + """
+    """
 local job = KEYS[1]
-local instance, state, result = ARGV[1], ARGV[2], ARGV[3]
+local instance, state, result, held_ms = ARGV[1], ARGV[2], ARGV[3], math.max(0, tonumber(ARGV[4]) or 0)
 """
     + RECORD
     + """
@@ -164,7 +166,7 @@ end
 if rec.claimedBy ~= instance or (rec.state ~= 'running' and rec.state ~= 'unknown') then
   return {'stale', rec.state}
 end
-rec.state, rec.result, rec.finishedMs = state, result, now_ms()
+rec.state, rec.result, rec.finishedMs = state, result, (rec.claimedMs or rec.createdMs) + math.floor(held_ms)
 save()
 return {'done', rec.replyTo or '', rec.waiters or '', rec.secret or ''}
 """

@@ -107,11 +107,12 @@ class ClaimedJobs:
 
     async def run(self, job: Envelope) -> None:
         claim = await self.queue.claim(self.ns, self.machine_id, job.job_id, self.instance)
+        claimed_at = time.monotonic()
         if claim == "no":
             return  # past its claim deadline or already taken: never run it
         spawn = job.kind is JobKind.SPAWN
         if spawn and job.job_id in self.journal.jobs:
-            await self._again(job)
+            await self._again(job, claimed_at)
             return
         if claim == "unreplicated":
             # A failover could lose this claim and let the hub report the job as not started: so it
@@ -120,10 +121,10 @@ class ClaimedJobs:
             log.warning("job %s: the claim reached no replica in time; not running it", job.job_id)
             if spawn:
                 self._journal(Event.FINISHED, job, result=NOT_REPLICATED)
-            await self._report(job, JobState.FAILED, NOT_REPLICATED)
+            await self._report(job, claimed_at, JobState.FAILED, NOT_REPLICATED)
             return
         if not spawn:
-            await self._report(job, *await self.executor.run(job))
+            await self._report(job, claimed_at, *await self.executor.run(job))
             return
         ended = self._spawning[job.job_id] = asyncio.Event()
         try:
@@ -134,9 +135,9 @@ class ClaimedJobs:
         finally:
             del self._spawning[job.job_id]
             ended.set()
-        await self._report(job, state, result)
+        await self._report(job, claimed_at, state, result)
 
-    async def _again(self, job: Envelope) -> None:
+    async def _again(self, job: Envelope, claimed_at: float) -> None:
         """A spawn this agent took before came again: answer what the journal says it came to."""
         running = self._spawning.get(job.job_id)
         if running is not None:
@@ -148,12 +149,14 @@ class ClaimedJobs:
             result.code or "succeeded",
         )
         state = JobState.SUCCEEDED if result.success else JobState.FAILED
-        await self._report(job, state, _encoder.encode(result))
+        await self._report(job, claimed_at, state, _encoder.encode(result))
 
-    async def _report(self, job: Envelope, state: JobState, result: bytes) -> None:
+    async def _report(self, job: Envelope, claimed_at: float, state: JobState, result: bytes) -> None:
         what = f"reporting job {job.job_id}"
+        held_ms = round((time.monotonic() - claimed_at) * 1000)  # the end, however late the report lands
         answer = await self._until_done(
-            lambda: self.queue.complete(self.ns, self.machine_id, job.job_id, self.instance, state, result), what
+            lambda: self.queue.complete(self.ns, self.machine_id, job.job_id, self.instance, state, result, held_ms),
+            what,
         )
         if answer is None:
             log.warning("job %s: result refused (another instance owns it now)", job.job_id)

@@ -267,6 +267,25 @@ async def test_give_up_marks_a_running_job_unknown_and_its_claimer_can_still_com
 # --- complete, recover, replies ------------------------------------------------------------------
 
 
+async def test_a_job_ends_at_its_claim_plus_the_time_its_claimer_held_it(
+    queue: JobQueue, redis: Redis, keys: Keys
+) -> None:
+    await online(redis, keys)
+    held, negative, garbage = job_id(), job_id(), job_id()
+    for jid in (held, negative, garbage):
+        await enqueue(queue, jid)
+        await queue.claim(NS, MACHINE, jid, INSTANCE)
+    assert await queue.complete(NS, MACHINE, held, INSTANCE, JobState.SUCCEEDED, RESULT, held_ms=4321)
+    assert await queue.complete(NS, MACHINE, held, INSTANCE, JobState.SUCCEEDED, RESULT, held_ms=9999)  # a repeat
+    assert await queue.complete(NS, MACHINE, negative, INSTANCE, JobState.SUCCEEDED, RESULT, held_ms=-50)
+    await queue.scripts.run("COMPLETE", [keys.job(NS, MACHINE, garbage)], [INSTANCE, "succeeded", RESULT, "soon"])
+    rec = await record(queue, held)
+    assert rec.claimed_ms is not None and rec.finished_ms == rec.claimed_ms + 4321
+    for jid in (negative, garbage):
+        rec = await record(queue, jid)
+        assert rec.state == JobState.SUCCEEDED and rec.finished_ms == rec.claimed_ms
+
+
 async def test_complete_is_fenced_by_the_claiming_instance(queue: JobQueue, redis: Redis, keys: Keys) -> None:
     await online(redis, keys)
     jid, unclaimed = job_id(), job_id()
