@@ -9,8 +9,9 @@ and agent host processes (bench/fleet_agents.py: the real `Agent` class, pty lau
   steady       over --window seconds: Redis commands/s (INFO commandstats), connections and
                memory per machine, the worker's sweep passes (its log), CPU per process;
   requests     p50 of a page of 100 machines, of the same with ?include=offline, of /metrics
-               and of /api/jobs; Redis commands per path check, spawn, page and scrape, counted
-               while the fleet's hosts and the worker are paused (SIGSTOP, about 3 s);
+               and of /api/jobs; Redis commands per path check, spawn (its job and, apart, its
+               rate limits' script), page and scrape, counted while the fleet's hosts and the
+               worker are paused (SIGSTOP, about 3 s);
   events       machines the event stream ever said went offline (none of them did);
   Redis restart SIGKILL and start again empty: time until all are listed again, how many are
                missing after 30 s, requests (listings, path checks) past their deadline meanwhile,
@@ -66,6 +67,9 @@ async def until_listed(hub: Hub, stack: FleetStack, timeout_s: float) -> tuple[f
         await redis.aclose()
 
 
+LIMIT_COMMANDS = ("incr", "decr", "pexpire", "zcard")  # core.ratelimits.TAKE's, after its EVALSHA
+
+
 async def per_request(hub: Hub, stack: FleetStack, tmp: Path) -> Result:
     """Redis commands per request, with the fleet's hosts and the worker paused."""
     redis, out = stack.client(), Result()
@@ -92,8 +96,12 @@ async def per_request(hub: Hub, stack: FleetStack, tmp: Path) -> Result:
                 response = await hub.http.request(method, path, json=body)
                 if response.status_code != 200 or b'"success":false' in response.content:
                     raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-            used = sum(delta(await commands(redis), before).values()) - idle_per_s * (time.monotonic() - t)
+            used_by = delta(await commands(redis), before)
+            used = sum(used_by.values()) - idle_per_s * (time.monotonic() - t)
             out[f"cmds_{name}"] = max(0.0, used / n)
+            if name == "spawn":  # what its rate limits' script ran (no other part of a spawn sends these)
+                out["cmds_spawn_limits"] = limits = 1 + sum(used_by.get(c, 0) for c in LIMIT_COMMANDS) / n
+                out["cmds_spawn_job"] = max(0.0, used / n - limits)
     finally:
         stack.signal(paused, signal.SIGCONT)
         await redis.aclose()

@@ -19,7 +19,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from bench.fleet_agents import machine_id
-from bench.roundtrip import Processes, _fake_cli
+from bench.roundtrip import _fake_cli
+from bench.roundtrip_load import Processes
 from core.connections import request_client
 from core.keys import Keys
 from core.lua import Scripts

@@ -189,8 +189,8 @@ async def bench(args: argparse.Namespace, server: RedisServer, procs: Processes,
     try:
         for machine_id in (MACHINE, OPEN_MACHINE):
             await wait_until(
-                f"{machine_id}'s heartbeat", lambda m=machine_id: redis.exists(keys.heartbeat(NS, m)), procs
-            )  # type: ignore[misc]
+                f"{machine_id}'s heartbeat", functools.partial(redis.exists, keys.heartbeat(NS, machine_id)), procs
+            )
         await wait_until("the hub to answer a path check", lambda: load(redis, "probe", http, 1, 1), procs)
         await measure_idle(redis)
         await load(redis, "warm-up", same(redis.ping), w, 1)
