@@ -75,6 +75,9 @@ class Inbox:
         try:
             yield future
         finally:
+            if future.done() and not future.cancelled():
+                future.exception()  # a loss the request ended before awaiting (its push failed) is no error to log
+            future.cancel()
             waiting = self._waiters.get(job_id)
             if waiting is not None:
                 waiting.remove(waiter)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any
 
 import fakeredis
 import pytest
@@ -36,3 +38,23 @@ async def test_a_read_only_job_fails_at_once_when_the_reader_loses_redis(
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_a_loss_no_request_awaited_any_more_is_not_logged_as_an_unretrieved_error(
+    fake_server: fakeredis.FakeServer, keys: Keys
+) -> None:
+    # Redis fails while the request still pushes its job (it never awaits the reply): the reader
+    # fails the waiter's future, and the request ends with the push's own error.
+    redis = fakeredis.FakeAsyncRedis(server=fake_server)
+    queue = JobQueue(redis, keys, Scripts(redis, can_load=True))
+    inbox = Inbox(queue, redis, "0123456789abcdef", block_s=0.05, reconnect_max_s=0.05)
+    unhandled: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    try:
+        async with inbox.expect("m1", "read", "secret", read_only=True):
+            inbox._lost(exceptions.ConnectionError("Connection closed by server."))
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unhandled == []
