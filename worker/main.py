@@ -139,9 +139,11 @@ async def _run_once(settings: Settings, stop: asyncio.Event, grace: OutageGrace)
         for main in mains:
             if not main.done():
                 main.cancel()
-        for main in mains:
-            with contextlib.suppress(asyncio.CancelledError):
-                await main  # re-raises what ended a worker, if not a stop
+        # Each one's end is read (both may have lost Redis), then the first failure is raised.
+        ends = await asyncio.gather(*mains, return_exceptions=True)
+        for end in ends:
+            if isinstance(end, BaseException) and not isinstance(end, asyncio.CancelledError):
+                raise end
 
 
 async def _close(worker: Worker, pool: ArqRedis) -> None:
