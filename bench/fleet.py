@@ -41,7 +41,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import fleet_report
 from bench.fleet_agents import machine_id
-from bench.fleet_probes import Hub, Outage, Sweeps, clients, commands, delta, heartbeats, memory, offline_events
+from bench.fleet_probes import (
+    Hub,
+    Outage,
+    Sweeps,
+    clients,
+    commands,
+    delta,
+    heartbeats,
+    memory,
+    offline_events,
+    ping_p50_ms,
+)
 from bench.fleet_stack import NS, PROBE, SECRET, FleetStack, raise_open_files
 from core.keys import Keys
 
@@ -140,6 +151,7 @@ async def measure(stack: FleetStack, args: argparse.Namespace, tmp: Path) -> Res
         out |= await per_request(hub, stack, tmp)
         out["page_ms"] = await hub.p50_ms("GET", "/api/machines?limit=100", args.samples)
         out["offline_page_ms"] = await hub.p50_ms("GET", "/api/machines?limit=100&include=offline", args.samples)
+        out["ping_ms"] = await ping_p50_ms(redis, args.samples)
         out["metrics_ms"] = await hub.p50_ms("GET", "/metrics", args.samples)
         out["jobs_ms"] = await hub.p50_ms("GET", "/api/jobs", args.samples)
         out |= await restart(hub, stack, args)

@@ -33,6 +33,16 @@ def delta(after: dict[str, int], before: dict[str, int], skip: tuple[str, ...] =
     return {k: n - before.get(k, 0) for k, n in after.items() if k not in skip and n != before.get(k, 0)}
 
 
+async def ping_p50_ms(redis: Redis, n: int) -> float:
+    """Median of `n` PINGs in turn: how long Redis itself takes to answer while the fleet runs."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await redis.ping()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
 async def clients(redis: Redis) -> int:
     return int((await redis.info("clients"))["connected_clients"])
 

@@ -71,6 +71,8 @@ def rows(results: list[R]) -> list[Row]:
         ("GET /api/machines?limit=100 p50", "<= 20 ms", _num("page_ms", "{:.1f} ms"), _at_most("page_ms", 20)),
         ("?limit=100&include=offline p50", "<= 20 ms", _num("offline_page_ms", "{:.1f} ms"),
          _at_most("offline_page_ms", 20)),
+        ("Redis PING p50, right after the pages (a page is two round trips and 402 commands)", "",
+         _num("ping_ms", "{:.2f} ms"), lambda r: None),
         ("/metrics p50", "", _num("metrics_ms", "{:.1f} ms"), lambda r: None),
         ("GET /api/jobs p50 (jobs on 2 machines)", "", _num("jobs_ms", "{:.1f} ms"), lambda r: None),
         ("Redis commands per page of 100 machines", "O(page)", _num("cmds_page", "{:.0f}"),

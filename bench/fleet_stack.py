@@ -87,10 +87,7 @@ class FleetStack:
         self.procs.start("host-probe", [*host, *probe, "--status", str(self.tmp / "host-probe.json")], env, ROOT)
         for i, (first, count) in enumerate(self.hosts):
             status = str(self.tmp / f"host-{i}.json")
-            # Niced: a real machine runs its agent on its own cores, so the simulated fleet takes
-            # the CPU the hub, the worker and Redis leave (the probe machine, which answers the
-            # measured requests, is not).
-            argv = [*host, "--first", str(first), "--count", str(count), "--status", status, "--nice", "10"]
+            argv = [*host, "--first", str(first), "--count", str(count), "--status", status]
             self.procs.start(f"host-{i}", argv, env, ROOT)
 
     async def register(self) -> None:

@@ -21,6 +21,7 @@ def result(size: int, **changes: Any) -> dict[str, Any]:
         "cold_sweeps": Sweeps(seconds=[0.4], locked=1),
         "page_ms": 12.0,
         "offline_page_ms": 13.0,
+        "ping_ms": 0.1,
         "metrics_ms": 3.0,
         "jobs_ms": 2.0,
         "cmds_page": 502,
