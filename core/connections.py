@@ -32,7 +32,8 @@ REDIS_FAILURES: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
 
 
 class _Writes:
-    """How every machine-hub connection writes (a mixin of redis-py's connection classes).
+    """How machine-hub's connections write (a mixin of redis-py's connection classes; a Cluster's
+    connections are redis-py's own).
 
     redis-py bounds every write with asyncio.wait_for, which costs a new task per command on
     Python 3.11; asyncio.timeout bounds it as well without one. Reads keep redis-py's timeout.
