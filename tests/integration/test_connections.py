@@ -1,5 +1,5 @@
-"""machine-hub's Redis clients against a real redis-server on a unix socket (TCP is every other
-test's, TLS is tests/security/test_tls.py's): our writes over redis-py's class for the scheme."""
+"""machine-hub's Redis clients against a real redis-server on a unix socket: our writes over
+redis-py's class for the scheme (every other test runs on TCP; tests/security/test_tls.py on TLS)."""
 
 from __future__ import annotations
 
