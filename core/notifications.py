@@ -30,6 +30,9 @@ from core.sweeps import Sweeper
 log = logging.getLogger(__name__)
 NOTIFY_FLAGS = "Kgn"
 NODE_REFRESH_S = 10.0
+# How often a listener with nothing to read looks at `stop`: reading sends Redis nothing, so a short
+# wait costs nothing there, and a worker asked to stop does not sit out a whole `block_s` (10 s).
+STOP_CHECK_S = 1.0
 BATCHES_AT_ONCE = 4  # batches of looks one listener runs at once
 LOOK_BATCH = 500  # machines in one batch at most
 # Every heartbeat's SET ... PX also notifies `expire` (class g). Looking at each cost the worker
@@ -94,7 +97,8 @@ async def _listen(
             backoff.reset()
             seen: set[tuple[str, str]] = set()  # looked at since this subscription, heartbeat not deleted
             while not stop.is_set():
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=settings.block_s)
+                wait_s = min(settings.block_s, STOP_CHECK_S)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_s)
                 looks.raise_failure()
                 if message is None:
                     continue

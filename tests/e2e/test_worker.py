@@ -128,6 +128,15 @@ def test_a_spawn_for_a_paused_agent_fails_as_soon_as_the_machine_is_offline(
     assert not [x for x in stack.launches() if x["env"].get("MACHINE_HUB_MACHINE_ID") == machine_id]
 
 
+def test_a_worker_stops_at_once_however_long_its_reads_block(stack: Stack) -> None:
+    # Its notifications listener waited a whole block_s for a message before it looked at the stop:
+    # up to 10 s by default, which `machine-hub dev` waits out on Ctrl-C.
+    worker = stack.start_worker("worker-long-blocks", MACHINE_HUB_BLOCK_S="60")
+    started = time.monotonic()
+    assert worker.stop(30) == 0, worker.log_text()
+    assert time.monotonic() - started < 20, "the worker sat out its blocking reads"
+
+
 def test_workers_stop_cleanly_on_sigterm(stack: Stack, workers: list[Process]) -> None:
     for worker in workers:
         assert worker.stop(15) == 0, worker.log_text()
