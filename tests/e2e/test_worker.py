@@ -131,7 +131,9 @@ def test_a_spawn_for_a_paused_agent_fails_as_soon_as_the_machine_is_offline(
 def test_a_worker_stops_at_once_however_long_its_reads_block(stack: Stack) -> None:
     # Its notifications listener waited a whole block_s for a message before it looked at the stop:
     # up to 10 s by default, which `machine-hub dev` waits out on Ctrl-C.
-    worker = stack.start_worker("worker-long-blocks", MACHINE_HUB_BLOCK_S="60")
+    worker = stack.start_worker("worker-long-blocks", wait=False, MACHINE_HUB_BLOCK_S="60")
+    # Its own start, not the health key: the module's other workers share that key.
+    wait_until(lambda: worker.log_text().count("Starting worker") == 2, 30, "both of its arq Workers to start")
     started = time.monotonic()
     assert worker.stop(30) == 0, worker.log_text()
     assert time.monotonic() - started < 20, "the worker sat out its blocking reads"
