@@ -2,7 +2,8 @@
 
 `run(settings)` blocks until SIGTERM or SIGINT: it stops taking jobs, lets a running sweep or
 delivery finish (up to STOP_GRACE_S), removes its health key and returns. Beside arq's two Workers
-(sweeps; webhook deliveries) it runs two listeners: heartbeat notifications and the webhook feed.
+(sweeps; webhook deliveries) it runs two listeners: heartbeat notifications and the webhook feed
+(given LISTENER_GRACE_S to end on a stop, then cancelled: a blocked read does not hold it up).
 When Redis fails under it, it starts over after a pause, as the agent does. `check(settings)` is
 the container health check: 0 while some worker refreshed the queue's health key within
 `worker_health_check_interval_s` (+1 s).
@@ -40,6 +41,7 @@ from worker.settings import (
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
+LISTENER_GRACE_S = 1.0
 
 
 def run(settings: Settings) -> None:
@@ -107,7 +109,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 await asyncio.wait_for(stop.wait(), backoff.next())
     finally:
         stop.set()
-        await asyncio.gather(*listeners)
+        # The listeners look at `stop` between reads; the webhook feed's XREAD blocks up to block_s
+        # (10 s), so what has not ended within a second is cancelled. Both only read: what the feed
+        # had not queued yet is read again by the next reader, and a delivery is queued once by id.
+        _, reading = await asyncio.wait(listeners, timeout=LISTENER_GRACE_S)
+        for task in reading:
+            task.cancel()
+        await _ended(listeners)
         for client in (listener_redis, feed_blocking, feed_queue):
             await client.aclose()
     log.info("worker stopped")
@@ -139,11 +147,14 @@ async def _run_once(settings: Settings, stop: asyncio.Event, grace: OutageGrace)
         for main in mains:
             if not main.done():
                 main.cancel()
-        # Each one's end is read (both may have lost Redis), then the first failure is raised.
-        ends = await asyncio.gather(*mains, return_exceptions=True)
-        for end in ends:
-            if isinstance(end, BaseException) and not isinstance(end, asyncio.CancelledError):
-                raise end
+        await _ended(mains)  # both may have lost Redis
+
+
+async def _ended(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task and read each one's end, then raise the first failure (a cancel is none)."""
+    for end in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(end, BaseException) and not isinstance(end, asyncio.CancelledError):
+            raise end
 
 
 async def _close(worker: Worker, pool: ArqRedis) -> None:

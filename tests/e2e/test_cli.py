@@ -180,6 +180,7 @@ def test_dev_runs_hub_and_agent_and_stops_on_ctrl_c(stack: Stack, tmp_path: Path
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
@@ -195,10 +196,14 @@ def test_dev_runs_hub_and_agent_and_stops_on_ctrl_c(stack: Stack, tmp_path: Path
         r = httpx2.get(f"http://127.0.0.1:{port}/api/machines", headers={"Authorization": f"Bearer {token}"})
         assert len(r.json()["machines"]) == 1
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
+        try:
+            assert proc.wait(20) == 0
+        except subprocess.TimeoutExpired:
+            left = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid,stat,etime,args"], capture_output=True)
+            raise AssertionError(f"dev still runs:\n{left.stdout.decode()}\n{''.join(lines[-30:])}") from None
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # dev and what it started
             proc.wait()
     reader.join(5)
     assert proc.stdout is not None

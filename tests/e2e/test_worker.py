@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import signal
 import time
@@ -12,7 +13,11 @@ import msgspec
 import pytest
 
 from core import events as event_codec
+from core.connections import request_client
 from core.events import MachineEvent
+from core.keys import Keys
+from core.lua import Scripts
+from core.webhooks import WebhookStore
 from machine_hub.redis_server import RedisServer
 from tests.e2e.harness import Process, Stack, fast_settings, wait_until
 
@@ -128,18 +133,36 @@ def test_a_spawn_for_a_paused_agent_fails_as_soon_as_the_machine_is_offline(
     assert not [x for x in stack.launches() if x["env"].get("MACHINE_HUB_MACHINE_ID") == machine_id]
 
 
-def test_a_worker_stops_at_once_however_long_its_reads_block(stack: Stack) -> None:
-    # Its notifications listener waited a whole block_s for a message before it looked at the stop:
-    # up to 10 s by default, which `machine-hub dev` waits out on Ctrl-C.
-    worker = stack.start_worker("worker-long-blocks", wait=False, MACHINE_HUB_BLOCK_S="60")
-    # Its own start, not the health key: the module's other workers share that key.
-    wait_until(lambda: worker.log_text().count("Starting worker") == 2, 30, "both of its arq Workers to start")
-    started = time.monotonic()
-    assert worker.stop(30) == 0, worker.log_text()
-    assert time.monotonic() - started < 20, "the worker sat out its blocking reads"
-
-
 def test_workers_stop_cleanly_on_sigterm(stack: Stack, workers: list[Process]) -> None:
     for worker in workers:
         assert worker.stop(15) == 0, worker.log_text()
     assert not stack.redis.exists(f"{stack.settings.key_prefix}:worker:health-check")
+
+
+async def _webhook(stack: Stack, ns: str, *, remove: str = "") -> str:
+    redis = request_client(stack.settings)
+    try:
+        store = WebhookStore(redis, Keys(stack.settings.key_prefix), Scripts(redis, can_load=True))
+        if remove:
+            await store.remove(ns, remove)
+            return remove
+        return (await store.create(ns, "https://example.com/hook", ["machine.offline"], limit=10)).id
+    finally:
+        await redis.aclose()
+
+
+def test_a_worker_stops_at_once_however_long_its_reads_block(stack: Stack) -> None:
+    # Its notifications listener waited a whole block_s for a message before it looked at the stop,
+    # and its webhook feed waits that long in XREAD (a namespace with a webhook makes it read): up
+    # to 10 s by default, which `machine-hub dev` waited out on Ctrl-C. It runs after the module's
+    # workers stopped: the feed's reader is whoever holds its lease.
+    webhook = asyncio.run(_webhook(stack, "stop-test"))
+    try:
+        worker = stack.start_worker("worker-long-blocks", wait=False, MACHINE_HUB_BLOCK_S="60")
+        # Its own start, not the health key: the module's other workers share that key.
+        wait_until(lambda: "this worker reads the event streams" in worker.log_text(), 30, "its feed to read")
+        started = time.monotonic()
+        assert worker.stop(30) == 0, worker.log_text()
+        assert time.monotonic() - started < 20, "the worker sat out its blocking reads"
+    finally:
+        asyncio.run(_webhook(stack, "stop-test", remove=webhook))
