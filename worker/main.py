@@ -109,9 +109,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 await asyncio.wait_for(stop.wait(), backoff.next())
     finally:
         stop.set()
-        # The listeners look at `stop` between reads; the webhook feed's XREAD blocks up to block_s
-        # (10 s), so what has not ended within a second is cancelled. Both only read: what the feed
-        # had not queued yet is read again by the next reader, and a delivery is queued once by id.
+        # The listeners look at `stop` between reads, but the webhook feed's XREAD blocks up to
+        # block_s (10 s): what has not ended within a second is cancelled, as a killed worker would
+        # be. The feed's unqueued entries are read again by the next reader (a delivery is queued
+        # once, by id); a look at a machine cut short is taken again at its next notification or
+        # sweep (core.stats says which counters can drift then).
         _, reading = await asyncio.wait(listeners, timeout=LISTENER_GRACE_S)
         for task in reading:
             task.cancel()
