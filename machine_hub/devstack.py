@@ -122,6 +122,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run_dev(settings: Settings, *, port: int, data: Path) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    # Python leaves SIGINT ignored when it started so (a script's background job): Ctrl-C, or
+    # kill -INT, must stop what this command starts all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     environ = dict(os.environ)
     admin_url, server = choose_redis(environ, data)
     home = Path(settings.home).expanduser()

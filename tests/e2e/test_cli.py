@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -171,10 +172,14 @@ def test_every_command_has_help(stack: Stack, command: list[str]) -> None:
 
 def test_dev_runs_hub_and_agent_and_stops_on_ctrl_c(stack: Stack, tmp_path: Path) -> None:
     port = str(free_port())
-    env = stack.env(HOME=str(tmp_path))
+    env = stack.env(HOME=str(tmp_path), PYTHONFAULTHANDLER="1")
     env.pop("CLI_API_TOKEN")
+    # Started with SIGINT ignored, as a script's background job starts it: Ctrl-C must stop it anyway.
+    ignoring = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "machine_hub", "dev", "--port", port],
+        [sys.executable, "-c", ignoring, sys.executable, "-m", "machine_hub", "dev", "--port", port],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -199,15 +204,20 @@ def test_dev_runs_hub_and_agent_and_stops_on_ctrl_c(stack: Stack, tmp_path: Path
         try:
             assert proc.wait(20) == 0
         except subprocess.TimeoutExpired:
-            left = subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid,stat,etime,args"], capture_output=True)
-            raise AssertionError(f"dev still runs:\n{left.stdout.decode()}\n{''.join(lines[-30:])}") from None
+            tree = ["ps", "-o", "pid,ppid,stat,wchan:20,etime,args", "--ppid", str(proc.pid), "-p", str(proc.pid)]
+            left = subprocess.run(tree, capture_output=True).stdout.decode()
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints where dev's threads are
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            reader.join(5)
+            raise AssertionError(f"dev still ran:\n{left}\n{''.join(lines[-60:])}") from None
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # dev and what it started
-            proc.wait()
-    reader.join(5)
-    assert proc.stdout is not None
-    proc.stdout.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what is left of dev and what it started (they hold its stdout)
+        proc.wait()
+        reader.join(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
     with pytest.raises(httpx2.TransportError):
         httpx2.get(f"http://127.0.0.1:{port}/api/machines", timeout=1)
     assert not os.path.exists(tmp_path / ".machine-hub" / "redis"), "an external Redis was used, none started"
