@@ -14,11 +14,11 @@ import contextlib
 from collections.abc import Iterable
 from typing import Any
 
-import hiredis
 from redis import exceptions
 from redis.asyncio import Connection, Redis, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.connection import HiredisRespSerializer
 
 from core.settings import Settings
 
@@ -29,6 +29,7 @@ BACKOFF_BASE_S = 0.05
 # surface as a plain OSError.
 REDIS_ERRORS: tuple[type[Exception], ...] = (exceptions.RedisError, exceptions.RedisClusterException)
 REDIS_FAILURES: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
+_PACKER = HiredisRespSerializer()  # redis-py's synchronous client's packer: hiredis, in C
 
 
 class _Writes:
@@ -44,14 +45,8 @@ class _Writes:
     socket_timeout: float | None
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str):  # "CLIENT KILL" and the like travel as one argument
-            args = (*args[0].encode().split(), *args[1:])
-        elif b" " in args[0]:
-            args = (*args[0].split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as exc:  # what redis-py says of a value it cannot send (None, a bool)
-            raise exceptions.DataError(str(exc)) from None
+        packed: list[bytes] = _PACKER.pack(*args)
+        return packed
 
     async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
         timeout, self.socket_timeout = self.socket_timeout, None

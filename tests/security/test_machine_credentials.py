@@ -177,18 +177,7 @@ def test_a_forged_reply_does_not_make_another_machines_job_look_finished(
 
     def own_check() -> str:
         """A path check on the attacker's machine, answered by the attacker: the hub's inbox."""
-        own_answer: dict[str, Any] = {}
-        check = threading.Thread(
-            target=lambda: own_answer.update(
-                httpx2.post(
-                    f"{hub.url}/api/machines/{mine}/paths/exists",
-                    headers=stack.auth(),
-                    json={"paths": ["/"]},
-                    timeout=10,
-                ).json()
-            )
-        )
-        check.start()
+        check, own_answer = _post_in_background(stack, f"{hub.url}/api/machines/{mine}/paths/exists", {"paths": ["/"]})
         popped = attacker.blmpop(5, 1, k.mailbox("default", mine), direction="RIGHT", count=1)
         own = msgspec.json.decode(popped[1][0], type=Envelope)
         # Answering its own machine's jobs is exactly what the credentials are for.
@@ -204,18 +193,8 @@ def test_a_forged_reply_does_not_make_another_machines_job_look_finished(
     inbox = own_check()
 
     victim.signal(19)  # SIGSTOP: the neighbour's spawn waits, the forgery arrives first
-    answer: dict[str, Any] = {}
-    spawn = threading.Thread(
-        target=lambda: answer.update(
-            httpx2.post(
-                f"{hub.url}/api/machines/{neighbour}/spawn",
-                headers=stack.auth(),
-                json={"directory": str(stack.tmp / "real")},
-                timeout=30,
-            ).json()
-        )
-    )
-    spawn.start()
+    spawn_url = f"{hub.url}/api/machines/{neighbour}/spawn"
+    spawn, answer = _post_in_background(stack, spawn_url, {"directory": str(stack.tmp / "real")}, timeout=30)
     try:
         # Even knowing the job's id (a tenant could tell), the attacker does not know its secret.
         job_id = wait_until(lambda: _newest_job(stack, neighbour), 5, "the neighbour's job")
@@ -234,6 +213,18 @@ def test_a_forged_reply_does_not_make_another_machines_job_look_finished(
     spawn.join(30)
     assert answer["success"] is True and answer["sessionId"] != "forged", answer
     stack.launched(answer["sessionId"])  # a real process started, by the real machine
+
+
+def _post_in_background(
+    stack: Stack, url: str, body: dict[str, Any], timeout: float = 10
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """POST on a thread of its own (started); the dict holds the answer's JSON once it is joined."""
+    answer: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: answer.update(httpx2.post(url, headers=stack.auth(), json=body, timeout=timeout).json())
+    )
+    thread.start()
+    return thread, answer
 
 
 def _newest_job(stack: Stack, machine_id: str) -> str | None:
